@@ -1,0 +1,3 @@
+"""Edge inspection daemon: capture, preprocess, infer, decide and publish."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,217 @@
+"""`edge-inspect`: run the inspection daemon, watch its results, evaluate models, check configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from edge.config import AppConfig, ConfigError, load_config, validate_config
+from edge.log import configure_logging
+
+log = structlog.get_logger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"edge-inspect: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-inspect", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the inspection daemon",
+                              description="Inspect every frame of a source and publish verdicts over ZeroMQ.")
+    run.add_argument("--config", type=Path, help="YAML configuration file (see configs/)")
+    run.add_argument("--model", type=Path, help="model package folder; overrides model.path")
+    run.add_argument("--source", help="camera index, stream URL, video file, image folder or 'synthetic'; overrides source")
+    run.add_argument("--endpoint", help="ZeroMQ PUB endpoint to bind (default: tcp://127.0.0.1:5556)")
+    run.add_argument("--rate", type=float, help="replay rate in frames per second for files, folders and 'synthetic'")
+    run.add_argument("--max-parts", type=int, help="stop after this many parts")
+    run.add_argument("--line", help="line name in topics and messages")
+    run.add_argument("--station", help="station name in topics and messages")
+    run.set_defaults(handler=_run)
+
+    watch = commands.add_parser("watch", help="print results published by a running daemon",
+                                description="Subscribe to a daemon and print one line per result.")
+    watch.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="daemon endpoint (default: tcp://127.0.0.1:5556)")
+    watch.add_argument("--save", type=Path, help="folder for heat-map PNGs, one per result")
+    watch.add_argument("--count", type=int, help="exit after this many results")
+    watch.add_argument("--timeout-s", type=float, help="exit after this many seconds")
+    watch.add_argument("--json", action="store_true", help="print the summary as JSON at exit")
+    watch.set_defaults(handler=_watch)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model package on an MVTec-AD-layout folder",
+                                   description="Score test/good and test/<defect> images exactly as the daemon does.")
+    evaluate.add_argument("--model", type=Path, required=True, help="model package folder")
+    evaluate.add_argument("--data", type=Path, required=True, help="folder with test/ and ground_truth/")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, roc.png and overlays")
+    evaluate.add_argument("--image-threshold", type=float, help="override the package's image threshold")
+    evaluate.add_argument("--pixel-threshold", type=float, help="override the package's pixel threshold")
+    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
+    evaluate.set_defaults(handler=_eval)
+
+    check = commands.add_parser("check-config", help="validate a configuration file and its model package")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_check_config)
+
+    synth = commands.add_parser("synth", help="write rendered example parts in the MVTec AD layout",
+                                description="Render good and defective parts for trials without a camera.")
+    synth.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    synth.add_argument("--good-train", type=int, default=60, help="good parts for train/good (default: 60)")
+    synth.add_argument("--good-test", type=int, default=10, help="good parts for test/good (default: 10)")
+    synth.add_argument("--defective-per-kind", type=int, default=5, help="defective test parts per defect kind (default: 5)")
+    synth.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_synth)
+    return parser
+
+
+def build_run_config(args: argparse.Namespace) -> AppConfig:
+    """Merge the config file (if any) with the command-line overrides and validate the result."""
+    from edge.acquisition.base import SourceError
+    from edge.acquisition.factory import parse_source_argument
+
+    data: dict = {}
+    source_name = "<command line>"
+    if args.config is not None:
+        data = load_config(args.config).model_dump(mode="json", exclude_none=True)
+        source_name = str(args.config)
+    elif args.model is None or args.source is None:
+        raise ConfigError("run needs --config FILE, or both --model MODEL_DIR and --source PATH_OR_URL_OR_INDEX")
+
+    if args.model is not None:
+        data.setdefault("model", {})["path"] = str(args.model)
+    if args.source is not None:
+        try:
+            source = parse_source_argument(args.source, rate_fps=args.rate)
+        except SourceError as error:
+            raise ConfigError(str(error)) from error
+        data["source"] = source.model_dump(mode="json", exclude_none=True)
+    elif args.rate is not None:
+        data.setdefault("source", {})["rate_fps"] = args.rate
+    if args.endpoint is not None:
+        data.setdefault("publish", {})["endpoint"] = args.endpoint
+    if args.max_parts is not None:
+        data.setdefault("pipeline", {})["max_parts"] = args.max_parts
+    for key in ("line", "station"):
+        if getattr(args, key) is not None:
+            data.setdefault("station", {})[key] = getattr(args, key)
+    return validate_config(data, source_name=source_name)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.acquisition.base import SourceError
+    from edge.acquisition.factory import create_source
+    from edge.publish.publisher import PublishError
+    from edge.pipeline import DaemonError, build_pipeline
+
+    config = build_run_config(args)
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        pipeline = build_pipeline(config, create_source(config.source))
+    except (DaemonError, SourceError) as error:
+        print(f"edge-inspect: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        pipeline.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        summary = pipeline.run()
+    except (SourceError, PublishError) as error:
+        print(f"edge-inspect: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from edge.watch import watch
+
+    configure_logging("warning", "auto")
+    try:
+        summary = watch(args.endpoint, save_dir=args.save, max_results=args.count, timeout_s=args.timeout_s)
+    except ValueError as error:
+        print(f"edge-inspect watch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from edge.config import InferenceConfig
+    from edge.evaluation.runner import evaluate
+    from edge.inference.package import PackageError
+
+    configure_logging("warning", "auto")
+    try:
+        metrics = evaluate(
+            args.model,
+            args.data,
+            args.out,
+            inspector_kwargs={
+                "inference": InferenceConfig(intra_op_num_threads=args.threads),
+                "image_threshold": args.image_threshold,
+                "pixel_threshold": args.pixel_threshold,
+            },
+        )
+    except (PackageError, ValueError, FileNotFoundError) as error:
+        print(f"edge-inspect eval: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({key: value for key, value in metrics.items() if key != "per_class"}, indent=2, default=str))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from edge.inference.package import PackageError, load_package
+
+    config = load_config(args.file)
+    try:
+        package = load_package(config.model.path)
+    except PackageError as error:
+        print(f"{args.file}: model.path: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: valid; model {package.name} version {package.version} ({package.kind}), "
+          f"source {config.source.kind}, publishing on {config.publish.endpoint}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from edge.acquisition.synthetic import write_synthetic_dataset
+
+    try:
+        out = write_synthetic_dataset(
+            args.out,
+            good_train=args.good_train,
+            good_test=args.good_test,
+            defective_per_kind=args.defective_per_kind,
+            size_px=args.size,
+            seed=args.seed,
+        )
+    except (ValueError, OSError) as error:
+        print(f"edge-inspect synth: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote rendered parts to {out} (train/good, test/<kind>, ground_truth/<kind>)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

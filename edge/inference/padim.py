@@ -1,0 +1,21 @@
+"""PaDiM: an anomaly map of Mahalanobis distances to the good-part feature distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.inference.models import InspectionModel, ModelOutput, register_model_kind
+
+ANOMALY_MAP_OUTPUT = "anomaly_map"
+IMAGE_SCORE_OUTPUT = "image_score"
+
+
+@register_model_kind("padim")
+class PadimModel(InspectionModel):
+    """Runs an exported PaDiM graph, which computes the smoothed map and its maximum itself."""
+
+    def run(self, tensor: np.ndarray) -> ModelOutput:
+        anomaly_map, image_score = self.session.run(
+            [ANOMALY_MAP_OUTPUT, IMAGE_SCORE_OUTPUT], {self.input_name: tensor}
+        )
+        return ModelOutput(anomaly_map=anomaly_map[0, 0].astype(np.float32, copy=False), image_score=float(image_score[0]))

@@ -1,0 +1,1 @@
+"""Model export: fit or train PyTorch models and write edge model packages."""

@@ -1,0 +1,37 @@
+"""Turn a PyTorch module into ONNX bytes and check it in ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str]) -> bytes:
+    """Export with a fixed input shape (ONNX Runtime re-plans on every new shape)."""
+    module.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated since torch 2.9 but still handles these
+        # static graphs; the dynamo exporter needs onnxscript, which the line PC never needs.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        # Static padding sizes are read from traced shapes on purpose (the graph has a fixed
+        # input size), and the exporter reports each unfoldable Slice; neither needs action.
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=output_names,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+

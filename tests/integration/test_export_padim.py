@@ -1,0 +1,93 @@
+"""edge-export padim end to end on rendered parts: fit, export, check, calibrate, package."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from edge.acquisition.synthetic import write_synthetic_dataset  # noqa: E402
+from edge.inference.package import load_package  # noqa: E402
+from edge.inspector import Inspector  # noqa: E402
+from export.cli import main as export_main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rendered")
+    return write_synthetic_dataset(root / "data", good_train=24, good_test=4, defective_per_kind=3, size_px=128)
+
+
+@pytest.fixture(scope="module")
+def package(rendered, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "washer"
+    code = export_main([
+        "padim", "--train", str(rendered / "train" / "good"), "--out", str(out), "--image-size", "64",
+        "--channels", "40", "--calibration-fraction", "0.25", "--no-progress", "--model-version", "7",
+    ])
+    assert code == 0
+    return out
+
+
+def test_description_records_choices(package):
+    description = json.loads((package / "model.json").read_text())
+    assert description["kind"] == "padim"
+    assert description["version"] == "7"
+    assert description["preprocess"]["input_size"] == [64, 64]
+    assert description["preprocess"]["normalization"] == "tf"
+    assert description["backbone"]["name"] == "efficientnet_lite0"
+    assert len(description["padim"]["channel_indices"]) == 40
+    assert description["training"]["image_count"] == 18
+    assert description["training"]["calibration_count"] == 6
+    assert len(description["training"]["file_list_sha256"]) == 64
+    assert description["thresholds"]["image"]["target_false_reject"] == 0.005
+    assert "method" in description["thresholds"]["pixel"]
+    assert description["onnx"]["opset"] >= 17
+    assert description["onnx"]["export_parity"]["max_map_error_of_range"] < 1e-3
+
+
+def test_rendered_defects_score_higher(package, rendered):
+    inspector = Inspector.from_path(package)
+    good = [inspector.inspect(_read(path)).image_score for path in sorted((rendered / "test" / "good").glob("*.png"))]
+    defective = [inspector.inspect(_read(path)).image_score for path in sorted((rendered / "test").glob("[!g]*/*.png"))]
+    assert np.mean(defective) > np.mean(good)
+
+
+def test_package_checksum_verified(package):
+    assert load_package(package).sha256 == json.loads((package / "model.json").read_text())["onnx"]["sha256"]
+
+
+def test_resnet_without_weights_is_usage_error(rendered, tmp_path, capsys):
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
+                        "--backbone", "resnet18", "--no-progress"])
+    assert code == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_empty_train_folder_is_usage_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = export_main(["padim", "--train", str(tmp_path / "empty"), "--out", str(tmp_path / "m"), "--no-progress"])
+    assert code == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_bad_false_reject_rate_is_usage_error(rendered, tmp_path, capsys):
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
+                        "--target-false-reject", "2", "--no-progress"])
+    assert code == 2
+    assert "--target-false-reject 2" in capsys.readouterr().err
+
+
+def test_console_script_help_runs():
+    result = subprocess.run([sys.executable, "-m", "export.cli", "padim", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--calibration-fraction" in result.stdout
+
+
+def _read(path):
+    import cv2
+
+    return cv2.imread(str(path))

@@ -1,0 +1,186 @@
+"""The daemon's pipeline against real sockets, real files and an ONNX Runtime session."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.acquisition.factory import create_source
+from edge.config import validate_config
+from edge.pipeline import Pipeline, build_pipeline
+from tests.integration.subscriber import Collector, free_tcp_endpoint
+
+
+def make_config(model: Path, endpoint: str, source: dict, **sections) -> object:
+    data = {
+        "model": {"path": str(model)},
+        "source": source,
+        "publish": {"endpoint": endpoint, "status_interval_s": 0.2, "subscriber_grace_ms": 300},
+        **sections,
+    }
+    return validate_config(data)
+
+
+def write_parts(folder: Path, dark: int, bright: int) -> None:
+    folder.mkdir(parents=True)
+    for index in range(dark):
+        cv2.imwrite(str(folder / f"a_dark_{index:02d}.png"), np.zeros((48, 64, 3), np.uint8))
+    for index in range(bright):
+        image = np.zeros((48, 64, 3), np.uint8)
+        image[10:26, 20:40] = 255
+        sub = folder / "sub"
+        sub.mkdir(exist_ok=True)
+        cv2.imwrite(str(sub / f"b_bright_{index:02d}.png"), image)
+    (folder / "c_broken.png").write_bytes(b"not a png")
+
+
+def slow_down(pipeline: Pipeline, delay_s: float) -> None:
+    run = pipeline.inspector.model.run
+
+    def slow_run(tensor):
+        time.sleep(delay_s)
+        return run(tensor)
+
+    pipeline.inspector.model.run = slow_run
+
+
+def run_in_thread(pipeline: Pipeline) -> tuple[threading.Thread, dict]:
+    holder: dict = {}
+    thread = threading.Thread(target=lambda: holder.update(summary=pipeline.run()), daemon=True)
+    thread.start()
+    return thread, holder
+
+
+def test_folder_replay_publishes_every_image(brightness_package, tmp_path):
+    write_parts(tmp_path / "images", dark=5, bright=4)
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "folder", "path": str(tmp_path / "images")})
+
+    with Collector(endpoint) as collector:
+        summary = build_pipeline(config, create_source(config.source)).run()
+        assert collector.wait_for_results(10, timeout_s=5)
+        collector.wait_quiet(0.3)
+
+    results = {header["part_id"]: header for header in collector.results}
+    assert sorted(results) == list(range(1, 11))
+    by_ref = {header["source_ref"]: header for header in collector.results}
+    assert by_ref["c_broken.png"]["verdict"] == "REJECT"
+    assert by_ref["c_broken.png"]["reason"] == "bad_frame"
+    verdicts = {ref: header["verdict"] for ref, header in by_ref.items()}
+    assert all(verdicts[ref] == "PASS" for ref in verdicts if "dark" in ref)
+    assert all(verdicts[ref] == "FAIL" for ref in verdicts if "bright" in ref)
+    assert summary["counters"]["frames"] == 10
+
+
+def test_result_header_names_model_and_thresholds(brightness_package, tmp_path):
+    write_parts(tmp_path / "images", dark=0, bright=1)
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "folder", "path": str(tmp_path / "images")})
+
+    with Collector(endpoint) as collector:
+        build_pipeline(config, create_source(config.source)).run()
+        collector.wait_for_results(2, timeout_s=5)
+
+    failed = next(header for header in collector.results if header["verdict"] == "FAIL")
+    assert failed["model"]["version"] == "test-1"
+    assert len(failed["model"]["sha256"]) == 64
+    assert failed["image_threshold"] == 0.5
+    assert failed["pixel_threshold"] == 0.5
+    assert failed["regions"]
+    x, y, width, height = failed["regions"][0]["bbox_xywh"]
+    assert abs(x - 20) <= 3 and abs(y - 10) <= 3
+    assert {"preprocess", "inference", "decision"} <= set(failed["latency_ms"])
+    index = collector.results.index(failed)
+    assert collector.maps[index].shape == (32, 32)
+
+
+def test_live_overload_rejects_instead_of_dropping(brightness_package):
+    endpoint = free_tcp_endpoint()
+    config = make_config(
+        brightness_package, endpoint,
+        {"kind": "synthetic", "rate_fps": 200, "max_frames": 60},
+        pipeline={"queue_size": 1},
+    )
+    pipeline = build_pipeline(config, create_source(config.source))
+    slow_down(pipeline, 0.03)
+
+    with Collector(endpoint) as collector:
+        summary = pipeline.run()
+        collector.wait_for_results(60, timeout_s=5)
+
+    counters = summary["counters"]
+    assert counters["frames"] == 60
+    assert summary["rejected_by_reason"].get("overload", 0) > 0
+    assert counters.get("pass", 0) + counters.get("fail", 0) + counters.get("reject", 0) == 60
+    assert sorted(header["part_id"] for header in collector.results) == list(range(1, 61))
+
+
+def test_inference_error_rejects_part(brightness_package):
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "synthetic", "max_frames": 3})
+    pipeline = build_pipeline(config, create_source(config.source))
+
+    def broken_run(tensor):
+        raise RuntimeError("simulated ONNX Runtime failure")
+
+    pipeline.inspector.model.run = broken_run
+    with Collector(endpoint) as collector:
+        summary = pipeline.run()
+        collector.wait_for_results(3, timeout_s=5)
+
+    assert summary["rejected_by_reason"]["inference_error"] == 3
+    assert sum(summary["rejected_by_reason"].values()) == 3
+    assert {header["reason"] for header in collector.results} == {"inference_error"}
+    assert all(header["image_score"] is None for header in collector.results)
+
+
+def test_stop_drains_and_publishes_every_part(brightness_package):
+    endpoint = free_tcp_endpoint()
+    config = make_config(
+        brightness_package, endpoint, {"kind": "synthetic"}, pipeline={"queue_size": 8, "drain_timeout_s": 0.5}
+    )
+    pipeline = build_pipeline(config, create_source(config.source))
+    slow_down(pipeline, 0.05)
+
+    with Collector(endpoint) as collector:
+        thread, holder = run_in_thread(pipeline)
+        time.sleep(1.5)
+        stop_requested = time.monotonic()
+        pipeline.request_stop()
+        thread.join(timeout=5)
+        stopped_after_s = time.monotonic() - stop_requested
+        assert not thread.is_alive()
+        frames = holder["summary"]["counters"]["frames"]
+        assert collector.wait_for_results(frames, timeout_s=3)
+        collector.wait_quiet(0.3)
+
+    assert stopped_after_s < 3.0
+    assert len(collector.results) == frames
+    assert len({header["part_id"] for header in collector.results}) == frames
+
+
+def test_status_messages_carry_counters(brightness_package):
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "synthetic", "rate_fps": 20, "max_frames": 20})
+    with Collector(endpoint) as collector:
+        build_pipeline(config, create_source(config.source)).run()
+
+    assert len(collector.statuses) >= 2
+    last = collector.statuses[-1]
+    text = str(last)
+    assert "frames" in text
+    assert "queue_depths" in text
+    assert "p99" in text
+
+
+def test_missing_model_is_clear_error(tmp_path):
+    from edge.pipeline import DaemonError
+
+    config = make_config(tmp_path / "absent", free_tcp_endpoint(), {"kind": "synthetic"})
+    with pytest.raises(DaemonError, match="is not a folder"):
+        build_pipeline(config, create_source(config.source))
