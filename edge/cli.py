@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
+        log.info("stop requested", signal=signal.Signals(signum).name)
         pipeline.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)

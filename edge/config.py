@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class ConfigError(ValueError):
-    """A configuration file or option that cannot be used; the message says how to fix it."""
+    """A configuration file or option that cannot be used; the message states the fix."""
 
 
 class _Section(BaseModel):
@@ -18,14 +18,14 @@ class _Section(BaseModel):
 
 
 class StationConfig(_Section):
-    """Where the station sits; both names appear in every topic and message."""
+    """Line and station names, which appear in every topic and message."""
 
     line: str = Field("line1", pattern=r"^[A-Za-z0-9_-]+$", description="Production line name")
     station: str = Field("station1", pattern=r"^[A-Za-z0-9_-]+$", description="Station name on the line")
 
 
 class SourceConfig(_Section):
-    """Where frames come from.
+    """Frame source settings.
 
     kind `camera` takes a device index (`device`) or a URL or GStreamer pipeline (`uri`);
     `video` and `folder` take `path`; `synthetic` renders parts with and without defects.
@@ -41,7 +41,7 @@ class SourceConfig(_Section):
     loop: bool = Field(False, description="Restart a video or folder at its end")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames")
     open_timeout_ms: int = Field(5000, ge=100, description="Camera open timeout")
-    read_timeout_ms: int = Field(2000, ge=50, description="Longest wait for one camera frame before the camera counts as stalled")
+    read_timeout_ms: int = Field(2000, ge=50, description="Maximum wait for one camera frame before the camera counts as stalled")
     frozen_frame_limit: int = Field(
         50, ge=2, description="Identical consecutive camera frames after which the camera is reopened"
     )
@@ -101,7 +101,7 @@ class DecisionConfig(_Section):
 
 class PipelineConfig(_Section):
     queue_size: int = Field(4, ge=1, le=1024, description="Capacity of each queue between stages")
-    drain_timeout_s: float = Field(3.0, gt=0, le=30, description="Time to inspect queued parts at shutdown; the rest are rejected")
+    drain_timeout_s: float = Field(2.0, gt=0, le=30, description="Time to inspect queued parts at shutdown; the rest are rejected")
     max_parts: int | None = Field(None, ge=1, description="Stop after this many parts")
 
 

@@ -93,7 +93,6 @@ class Pipeline:
         Raises SourceError when the source cannot be opened, before anything is published.
         """
         self.source.open()
-        log.info("source_opened", source=self.source.name, live=self.source.live)
         try:
             self.publisher.start()
         except Exception:
@@ -106,7 +105,7 @@ class Pipeline:
             threading.Thread(target=self._stage_loop, args=("inference", self._infer, "decision"), name="inference", daemon=True),
             threading.Thread(target=self._stage_loop, args=("decision", self._decide, None), name="decision", daemon=True),
         ]
-        log.info("pipeline_started", source=self.source.name, queue_size=self.config.pipeline.queue_size,
+        log.info("pipeline started", source=self.source.name, queue_size=self.config.pipeline.queue_size,
                  model=self.inspector.package.identity())
         for thread in threads:
             thread.start()
@@ -115,9 +114,9 @@ class Pipeline:
                 while thread.is_alive():
                     thread.join(timeout=_POLL_S)
         finally:
-            self.publisher.stop(timeout_s=2.0)
+            self.publisher.stop(timeout_s=1.5)
         summary = self.status()
-        log.info("pipeline_stopped", **{key: summary[key] for key in ("counters",) if key in summary})
+        log.info("pipeline stopped", counters=summary["counters"], rejected_by_reason=summary["rejected_by_reason"])
         return summary
 
     # Stages
@@ -129,14 +128,14 @@ class Pipeline:
         try:
             while not self.stop_requested.is_set():
                 if max_parts is not None and self._next_part_id > max_parts:
-                    log.info("max_parts_reached", max_parts=max_parts)
+                    log.info("max parts reached", max_parts=max_parts)
                     break
                 try:
                     frame = self.source.read(timeout_s=min(read_timeout_s, 0.5))
                 except SourceTimeout:
                     continue
                 if frame is None:
-                    log.info("source_finished", source=self.source.name)
+                    log.info("capture ended: end of source", source=self.source.name)
                     break
 
                 part = Part(part_id=self._next_part_id, frame=frame)
@@ -149,10 +148,9 @@ class Pipeline:
                 else:
                     self._put_or_reject(entry, part)
         except SourceError as error:
-            log.error("source_failed", source=self.source.name, error=str(error))
+            log.error("source failed", source=self.source.name, error=str(error))
         finally:
             self.source.close()
-            log.info("source_closed", source=self.source.name)
             # The end of a finite source drains without a deadline; only a stop request sets one.
             self._put_blocking(entry, _END)
 
@@ -184,7 +182,7 @@ class Pipeline:
             part.tensor = self.inspector.preprocessor(part.frame.image)
             return True
         except Exception as error:  # a bad frame must never stop the line
-            self._errors.error("preprocess_failed", part_id=part.part_id, error=repr(error))
+            self._errors.error("preprocessing failed", part_id=part.part_id, error=repr(error))
             self._finish(part.reject(RejectReason.PREPROCESS_ERROR, str(error)))
             return False
 
@@ -192,11 +190,11 @@ class Pipeline:
         try:
             output = self.inspector.model.run(part.tensor)
         except Exception as error:  # onnxruntime raises untyped errors
-            self._errors.error("inference_failed", part_id=part.part_id, error=repr(error))
+            self._errors.error("inference failed", part_id=part.part_id, error=repr(error))
             self._finish(part.reject(RejectReason.INFERENCE_ERROR, str(error)))
             return False
         if not math.isfinite(output.image_score):
-            self._errors.error("inference_not_finite", part_id=part.part_id, image_score=output.image_score)
+            self._errors.error("inference returned a non-finite image score", part_id=part.part_id, image_score=output.image_score)
             self._finish(part.reject(RejectReason.INFERENCE_ERROR, f"image score is {output.image_score}"))
             return False
         part.anomaly_map = output.anomaly_map
@@ -212,7 +210,7 @@ class Pipeline:
             part.reason = None
             return True
         except Exception as error:
-            self._errors.error("decision_failed", part_id=part.part_id, error=repr(error))
+            self._errors.error("decision failed", part_id=part.part_id, error=repr(error))
             self._finish(part.reject(RejectReason.DECISION_ERROR, str(error)))
             return False
 
@@ -231,7 +229,7 @@ class Pipeline:
         try:
             entry.put_nowait(part)
         except queue.Full:
-            self._errors.warning("part_rejected_overload", part_id=part.part_id, queue_size=entry.maxsize)
+            self._errors.warning("part rejected: overload", part_id=part.part_id, queue_size=entry.maxsize)
             self._finish(part.reject(RejectReason.OVERLOAD, "preprocess queue full"))
 
     def _put_or_reject(self, entry: queue.Queue, part: Part) -> None:
@@ -257,7 +255,7 @@ class Pipeline:
 
 
 class DaemonError(RuntimeError):
-    """The daemon cannot start as configured; the message says what to change."""
+    """The daemon cannot start as configured; the message states what to change."""
 
 
 def build_pipeline(config: AppConfig, source: FrameSource) -> Pipeline:

@@ -89,7 +89,7 @@ def fit(options: PadimOptions) -> FittedPadim:
         options.image_size, normalization, resize_interpolation=options.interpolation, roi=options.roi
     )
     preprocessor = Preprocessor(spec)
-    log.info("padim_fit_started", images=len(images), fitting=len(fitting), calibration=len(calibration),
+    log.info("padim fit started", images=len(images), fitting=len(fitting), calibration=len(calibration),
              backbone=backbone.name, normalization=normalization, image_size=options.image_size)
 
     channel_indices = select_channels(sum(backbone.channels), options.channels, options.seed)
@@ -185,7 +185,7 @@ def fit_padim(options: PadimOptions) -> dict:
         "pixel_threshold": pixel_threshold.value,
         "parity": parity,
     }
-    log.info("padim_exported", **summary)
+    log.info("padim exported", **summary)
     return summary
 
 

@@ -49,7 +49,7 @@ def create_session(onnx_path: Path, config: InferenceConfig) -> ort.InferenceSes
             f"CUDAExecutionProvider was requested, but the session runs on {active}; check the CUDA and cuDNN "
             "libraries (onnxruntime logs the missing one) or set inference.providers to [CPUExecutionProvider]"
         )
-    log.info("session_created", model=str(onnx_path), providers=active, intra_op_num_threads=config.intra_op_num_threads)
+    log.info("session created", model=str(onnx_path), providers=active, intra_op_num_threads=config.intra_op_num_threads)
     return session
 
 
@@ -65,5 +65,5 @@ def warm_up(session: ort.InferenceSession, runs: int) -> float:
         session.run(None, {model_input.name: zeros})
         if index == 0:
             first_ms = (time.perf_counter() - started) * 1000.0
-    log.info("session_warmed_up", runs=runs, first_run_ms=round(first_ms, 1))
+    log.info("session warmed up", runs=runs, first_run_ms=round(first_ms, 1))
     return first_ms

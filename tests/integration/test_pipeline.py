@@ -93,7 +93,8 @@ def test_result_header_names_model_and_thresholds(brightness_package, tmp_path):
     assert failed["pixel_threshold"] == 0.5
     assert failed["regions"]
     x, y, width, height = failed["regions"][0]["bbox_xywh"]
-    assert abs(x - 20) <= 3 and abs(y - 10) <= 3
+    assert abs(x - 20) <= 3
+    assert abs(y - 10) <= 3
     assert {"preprocess", "inference", "decision"} <= set(failed["latency_ms"])
     index = collector.results.index(failed)
     assert collector.maps[index].shape == (32, 32)
