@@ -10,7 +10,7 @@ import cv2
 import structlog
 
 from edge.acquisition.base import FrameSource, SourceError, SourceState
-from edge.acquisition.video_file import RatePacer, pacing_timeout
+from edge.acquisition.pacing import RatePacer, pacing_timeout
 from edge.config import SourceConfig
 from edge.parts import Frame
 

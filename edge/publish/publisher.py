@@ -361,8 +361,14 @@ class ResultPublisher:
                 except queue.Empty:
                     continue
 
-            if pending is not None:
+            if pending is None:
+                continue
+            try:
                 self._publish_result(socket, pending)
+            # One message that cannot be encoded must not end publishing for every later part.
+            except Exception as error:  # noqa: BLE001
+                self.stats.increment("publish_errors")
+                self._send_error_event.hit(part_id=pending.part_id, error=repr(error))
 
     def _publish_result(self, socket: zmq.Socket, pending: _PendingResult) -> None:
         try:

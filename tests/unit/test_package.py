@@ -67,3 +67,15 @@ def test_threshold_override_applies(brightness_package):
     frame = np.full((32, 32, 3), 255, np.uint8)
     assert inspector.inspect(frame).verdict is Verdict.PASS
     assert inspector.thresholds.image == 2.0
+
+
+def test_cuda_request_fails_without_cuda(brightness_package):
+    import onnxruntime as ort
+
+    from edge.config import InferenceConfig
+    from edge.inference.session import SessionError
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA; the CPU-only failure path cannot be shown here")
+    with pytest.raises(SessionError, match="CUDAExecutionProvider was requested"):
+        Inspector.from_path(brightness_package, inference=InferenceConfig(providers=["CUDAExecutionProvider"]))
