@@ -26,15 +26,21 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/edge-inspect synth --out $(DEMO_DIR)/data
-	$(BIN)/edge-export padim --train $(DEMO_DIR)/data/train/good --out $(DEMO_DIR)/model --image-size 128 --no-progress
+	$(BIN)/edge-export padim --train $(DEMO_DIR)/data/train/good --out $(DEMO_DIR)/model --name washer-demo \
+		--image-size 128 --no-progress > $(DEMO_DIR)/export.json
 	@echo "--- daemon on rendered parts ($(DEMO_PARTS) parts at $(DEMO_RATE)/s); one line per published result ---"
 	@$(BIN)/edge-inspect watch --endpoint $(ENDPOINT) --count $(DEMO_PARTS) --timeout-s 120 & watcher=$$!; \
-	sleep 1; \
 	$(BIN)/edge-inspect run --model $(DEMO_DIR)/model --source synthetic --rate $(DEMO_RATE) \
 		--max-parts $(DEMO_PARTS) --endpoint $(ENDPOINT) > $(DEMO_DIR)/summary.json 2> $(DEMO_DIR)/daemon.log; \
-	status=$$?; wait $$watcher; \
+	status=$$?; \
+	if [ $$status -ne 0 ]; then \
+		kill $$watcher 2>/dev/null; \
+		echo "--- the daemon failed (exit $$status); end of $(DEMO_DIR)/daemon.log: ---"; \
+		tail -n 15 $(DEMO_DIR)/daemon.log; exit $$status; \
+	fi; \
+	wait $$watcher; \
 	echo "--- daemon summary ($(DEMO_DIR)/summary.json, log in $(DEMO_DIR)/daemon.log) ---"; \
-	cat $(DEMO_DIR)/summary.json; exit $$status
+	cat $(DEMO_DIR)/summary.json
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

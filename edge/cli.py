@@ -49,8 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                 description="Subscribe to a daemon and print one line per result.")
     watch.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="daemon endpoint (default: tcp://127.0.0.1:5556)")
     watch.add_argument("--save", type=Path, help="folder for heat-map PNGs, one per result")
-    watch.add_argument("--count", type=int, help="exit after this many results")
-    watch.add_argument("--timeout-s", type=float, help="exit after this many seconds")
+    watch.add_argument("--count", type=_positive_int, help="exit after this many results")
+    watch.add_argument("--timeout-s", type=_positive_float, help="exit after this many seconds")
     watch.add_argument("--json", action="store_true", help="print the summary as JSON at exit")
     watch.set_defaults(handler=_watch)
 
@@ -61,27 +61,43 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, roc.png and overlays")
     evaluate.add_argument("--image-threshold", type=float, help="override the package's image threshold")
     evaluate.add_argument("--pixel-threshold", type=float, help="override the package's pixel threshold")
-    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
+    evaluate.add_argument("--threads", type=_positive_int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
     evaluate.set_defaults(handler=_eval)
 
     check = commands.add_parser("check-config", help="validate a configuration file and its model package")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="YAML configuration file to validate")
     check.set_defaults(handler=_check_config)
 
     synth = commands.add_parser("synth", help="write rendered example parts in the MVTec AD layout",
                                 description="Render good and defective parts for trials without a camera.")
     synth.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    synth.add_argument("--good-train", type=int, default=60, help="good parts for train/good (default: 60)")
-    synth.add_argument("--good-test", type=int, default=10, help="good parts for test/good (default: 10)")
-    synth.add_argument("--defective-per-kind", type=int, default=5, help="defective test parts per defect kind (default: 5)")
+    synth.add_argument("--good-train", type=_non_negative_int, default=60, help="good parts for train/good (default: 60)")
+    synth.add_argument("--good-test", type=_non_negative_int, default=10, help="good parts for test/good (default: 10)")
+    synth.add_argument("--defective-per-kind", type=_non_negative_int, default=5, help="defective test parts per defect kind (default: 5)")
     synth.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="seed of the rendering; the same seed writes the same images")
     synth.set_defaults(handler=_synth)
     return parser
 
 
+# Config keys that `run` options set, so errors name the option the user typed.
+RUN_OPTION_KEYS = {
+    "model.path": "--model",
+    "source.rate_fps": "--rate",
+    "publish.endpoint": "--endpoint",
+    "pipeline.max_parts": "--max-parts",
+    "station.line": "--line",
+    "station.station": "--station",
+}
+SOURCE_LOCATION_KEYS = ("kind", "device", "uri", "path")
+
+
 def build_run_config(args: argparse.Namespace) -> AppConfig:
-    """Merge the config file (if any) with the command-line overrides and validate the result."""
+    """Merge the config file (if any) with the command-line overrides and validate the result.
+
+    `--source` replaces only where frames come from; the file's other source settings
+    (timeouts, loop, rate) stay unless another option overrides them.
+    """
     from edge.acquisition.base import SourceError
     from edge.acquisition.factory import parse_source_argument
 
@@ -89,7 +105,7 @@ def build_run_config(args: argparse.Namespace) -> AppConfig:
     source_name = "<command line>"
     if args.config is not None:
         data = load_config(args.config).model_dump(mode="json", exclude_none=True)
-        source_name = str(args.config)
+        source_name = f"{args.config} with command-line options"
     elif args.model is None or args.source is None:
         raise ConfigError("run needs --config FILE, or both --model MODEL_DIR and --source PATH_OR_URL_OR_INDEX")
 
@@ -97,10 +113,11 @@ def build_run_config(args: argparse.Namespace) -> AppConfig:
         data.setdefault("model", {})["path"] = str(args.model)
     if args.source is not None:
         try:
-            source = parse_source_argument(args.source, rate_fps=args.rate)
+            parsed = parse_source_argument(args.source, rate_fps=args.rate)
         except SourceError as error:
             raise ConfigError(str(error)) from error
-        data["source"] = source.model_dump(mode="json", exclude_none=True)
+        kept = {key: value for key, value in data.get("source", {}).items() if key not in SOURCE_LOCATION_KEYS}
+        data["source"] = {**kept, **parsed.model_dump(mode="json", exclude_unset=True, exclude_none=True)}
     elif args.rate is not None:
         data.setdefault("source", {})["rate_fps"] = args.rate
     if args.endpoint is not None:
@@ -110,7 +127,7 @@ def build_run_config(args: argparse.Namespace) -> AppConfig:
     for key in ("line", "station"):
         if getattr(args, key) is not None:
             data.setdefault("station", {})[key] = getattr(args, key)
-    return validate_config(data, source_name=source_name)
+    return validate_config(data, source_name=source_name, option_names=RUN_OPTION_KEYS)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -148,9 +165,12 @@ def _watch(args: argparse.Namespace) -> int:
     configure_logging("warning", "auto")
     try:
         summary = watch(args.endpoint, save_dir=args.save, max_results=args.count, timeout_s=args.timeout_s)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"edge-inspect watch: {error}", file=sys.stderr)
         return EXIT_USAGE
+    verdicts = ", ".join(f"{verdict} {count}" for verdict, count in sorted(summary["by_verdict"].items()))
+    print(f"# {summary['results']} results ({verdicts or 'none'}), {summary['gaps']} missing part ids, "
+          f"{summary['statuses']} status messages, stopped by {summary['stopped_by']}")
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -173,7 +193,7 @@ def _eval(args: argparse.Namespace) -> int:
                 "pixel_threshold": args.pixel_threshold,
             },
         )
-    except (PackageError, ValueError, FileNotFoundError) as error:
+    except (PackageError, ValueError, OSError) as error:
         print(f"edge-inspect eval: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps({key: value for key, value in metrics.items() if key != "per_class"}, indent=2, default=str))
@@ -197,6 +217,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from edge.acquisition.synthetic import write_synthetic_dataset
 
+    configure_logging("warning", "auto")
     try:
         out = write_synthetic_dataset(
             args.out,
@@ -211,6 +232,27 @@ def _synth(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"wrote rendered parts to {out} (train/good, test/<kind>, ground_truth/<kind>)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is invalid; use a number of seconds above 0")
+    return value
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class SourceConfig(_Section):
     uri: str | None = Field(None, description="Stream URL or GStreamer pipeline")
     path: Path | None = Field(None, description="Video file or image folder")
     rate_fps: float | None = Field(
-        None, gt=0, description="Replay rate for video, folder and synthetic sources; unset replays as fast as the pipeline inspects"
+        None, gt=0, allow_inf_nan=False, description="Replay rate for video, folder and synthetic sources; unset replays as fast as the pipeline inspects"
     )
     loop: bool = Field(False, description="Restart a video or folder at its end")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames")
@@ -174,20 +174,31 @@ def load_config(path: Path | str) -> AppConfig:
     return validate_config(data, source_name=str(path), line_of=_line_index(node))
 
 
-def validate_config(data: dict[str, Any], source_name: str = "<options>", line_of: dict[tuple, int] | None = None) -> AppConfig:
-    """Validate a configuration mapping, turning pydantic errors into one readable ConfigError."""
+def validate_config(
+    data: dict[str, Any],
+    source_name: str = "<options>",
+    line_of: dict[tuple, int] | None = None,
+    option_names: dict[str, str] | None = None,
+) -> AppConfig:
+    """Validate a configuration mapping, turning pydantic errors into one readable ConfigError.
+
+    `option_names` maps keys that came from command-line options (`publish.endpoint`) to the
+    option (`--endpoint`), so the message names what the user typed.
+    """
     try:
         return AppConfig.model_validate(data)
     except ValidationError as error:
         lines = [f"{source_name}: invalid configuration ({error.error_count()} problem(s)):"]
         for item in error.errors():
-            lines.append("  " + _describe(item, source_name, line_of or {}))
+            lines.append("  " + _describe(item, source_name, line_of or {}, option_names or {}))
         raise ConfigError("\n".join(lines)) from None
 
 
-def _describe(item: dict, source_name: str, line_of: dict[tuple, int]) -> str:
+def _describe(item: dict, source_name: str, line_of: dict[tuple, int], option_names: dict[str, str]) -> str:
     location = tuple(part for part in item["loc"] if not isinstance(part, str) or not part.startswith("function-"))
     key = ".".join(str(part) for part in location) or "(top level)"
+    if key in option_names:
+        key = f"{option_names[key]} ({key})"
     line = _nearest_line(location, line_of)
     where = f"{source_name}:{line}" if line else source_name
     kind = item["type"]

@@ -90,15 +90,17 @@ class Pipeline:
     def run(self) -> dict:
         """Run until the source ends, `max_parts` is reached or a stop is requested; return the summary.
 
-        Raises SourceError when the source cannot be opened, before anything is published.
+        Raises SourceError when the source cannot be opened, before any part is published.
         """
-        self.source.open()
-        try:
-            self.publisher.start()
-        except Exception:
-            self.source.close()
-            raise
+        self.publisher.start()
+        # Subscribers that are already waiting connect during the grace period; the source opens
+        # after it, so a live source does not count the wait as frames missed.
         self.stop_requested.wait(self.config.publish.subscriber_grace_ms / 1000.0)
+        try:
+            self.source.open()
+        except Exception:
+            self.publisher.stop(timeout_s=1.0)
+            raise
         threads = [
             threading.Thread(target=self._acquire, name="acquisition", daemon=True),
             threading.Thread(target=self._stage_loop, args=("preprocess", self._preprocess, "inference"), name="preprocess", daemon=True),

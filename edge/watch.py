@@ -1,11 +1,10 @@
 """A subscriber for the daemon's results: prints one line per message and can save heat maps.
 
-    python -m edge.watch tcp://127.0.0.1:5556 --save-dir maps --max-results 100
+Run it as `edge-inspect watch --endpoint tcp://127.0.0.1:5556 --save maps --count 100`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -193,7 +192,7 @@ def watch(
 
     Stops after `max_results` results, after `timeout_s` seconds in total, or on Ctrl-C.
     With `save_dir`, each result that carries a map is saved as a heat map named
-    `<part id>_<verdict>.png`; a restarted daemon's part ids overwrite earlier files. Topics
+    `<run id>_<part id>_<verdict>.png`, so a restarted daemon does not overwrite earlier files. Topics
     are prefixes, so "result.line1.station1" also matches "result.line1.station10".
     """
     save_path = Path(save_dir) if save_dir is not None else None
@@ -315,42 +314,11 @@ def _handle_message(frames: list[bytes], summary: _Summary, save_path: Path | No
 
     if save_path is not None and anomaly_map is not None:
         name = f"{part_id:08d}" if isinstance(part_id, int) else str(part_id)
-        path = save_path / f"{name}_{verdict}.png"
+        run = str(header.get("run_id") or "run")[:8]
+        path = save_path / f"{run}_{name}_{verdict}.png"
         if cv2.imwrite(str(path), render_heat_map(anomaly_map, header)):
             summary.maps_saved += 1
         else:
             summary.save_errors += 1
             if summary.save_errors == 1:
                 print(f"# cannot write {path}; check that the folder is writable", file=out, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.watch", description=__doc__.splitlines()[0])
-    parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help=f"PUB endpoint to connect to (default {DEFAULT_ENDPOINT})")
-    parser.add_argument("--save-dir", type=Path, help="folder for one heat-map PNG per result")
-    parser.add_argument("--max-results", type=int, help="stop after this many results")
-    parser.add_argument("--timeout-s", type=float, help="stop after this many seconds")
-    parser.add_argument(
-        "--topic", action="append", dest="topics", help="topic prefix to subscribe to, repeatable (default: result. and status.)"
-    )
-    parser.add_argument("--rcv-hwm", type=int, default=DEFAULT_RCV_HWM, help="ZeroMQ receive high-water mark, in messages")
-    args = parser.parse_args(argv)
-
-    try:
-        summary = watch(
-            args.endpoint,
-            save_dir=args.save_dir,
-            max_results=args.max_results,
-            timeout_s=args.timeout_s,
-            topics=tuple(args.topics) if args.topics else DEFAULT_TOPICS,
-            rcv_hwm=args.rcv_hwm,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print("# summary " + json.dumps(summary, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -117,7 +117,9 @@ def load_weights(network: nn.Module, path: Path, backbone: str) -> None:
         raise FileNotFoundError(f"weights file {path} not found; pass --weights with a state dict file for {backbone}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    # A file that is not a torch archive at all (random bytes, a text file) fails inside the
+    # unpickler with KeyError or ValueError rather than UnpicklingError.
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
         raise ValueError(
             f"weights file {path} could not be loaded with weights_only=True ({_first_reason(error)}); "
             f"save a plain state dict with torch.save(model.state_dict(), path)"

@@ -34,6 +34,9 @@ log = structlog.get_logger(__name__)
 # Exported and PyTorch maps must agree within this share of the map's range.
 PARITY_MAP_TOLERANCE = 1e-3
 PARITY_SCORE_TOLERANCE = 1e-4
+# Below these counts of good images the covariances and the threshold estimates are noisy.
+RECOMMENDED_FITTING_IMAGES = 30
+RECOMMENDED_CALIBRATION_IMAGES = 10
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,14 @@ def fit(options: PadimOptions) -> FittedPadim:
         options.image_size, normalization, resize_interpolation=options.interpolation, roi=options.roi
     )
     preprocessor = Preprocessor(spec)
+    if len(fitting) < RECOMMENDED_FITTING_IMAGES or len(calibration) < RECOMMENDED_CALIBRATION_IMAGES:
+        log.warning(
+            "few good images: the model and its thresholds will be unreliable",
+            fitting=len(fitting),
+            calibration=len(calibration),
+            recommended_fitting=RECOMMENDED_FITTING_IMAGES,
+            recommended_calibration=RECOMMENDED_CALIBRATION_IMAGES,
+        )
     log.info("padim fit started", images=len(images), fitting=len(fitting), calibration=len(calibration),
              backbone=backbone.name, normalization=normalization, image_size=options.image_size)
 
@@ -185,7 +196,7 @@ def fit_padim(options: PadimOptions) -> dict:
         "pixel_threshold": pixel_threshold.value,
         "parity": parity,
     }
-    log.info("padim exported", **summary)
+    log.info("padim exported", out_dir=summary["out_dir"], total_s=summary["total_s"])
     return summary
 
 

@@ -28,7 +28,8 @@ def split_calibration(images: Sequence[Path], fraction: float, seed: int) -> tup
     """Split images into (fitting, calibration) with a seeded shuffle; both keep name order."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"--calibration-fraction {fraction} is invalid; use a value between 0 and 1, for example 0.2")
-    count = max(1, int(round(len(images) * fraction)))
+    # Two held-out images are the least from which a spread of good scores can be estimated.
+    count = max(2, int(round(len(images) * fraction)))
     if len(images) - count < 2:
         raise ValueError(
             f"{len(images)} images leave fewer than 2 for fitting after holding out {count} for calibration; "

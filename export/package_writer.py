@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import edge
-from edge.inference.package import DESCRIPTION_FILE, MODEL_FILE, SCHEMA_VERSION, sha256_of_file
+from edge.inference.package import DESCRIPTION_FILE, MODEL_FILE, SCHEMA_VERSION, description_sha256, sha256_of_file
 from edge.preprocess.transform import PreprocessSpec
 
 
@@ -60,8 +60,14 @@ def write_package(
         "thresholds": thresholds,
         **sections,
     }
-    _write_atomic(out_dir / DESCRIPTION_FILE, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
+    write_description(out_dir, description)
     return out_dir
+
+
+def write_description(out_dir: Path, description: dict[str, Any]) -> None:
+    """Seal the description with its own checksum and write it as `model.json`."""
+    sealed = {**description, "description_sha256": description_sha256(description)}
+    _write_atomic(out_dir / DESCRIPTION_FILE, (json.dumps(sealed, indent=2) + "\n").encode("utf-8"))
 
 
 def _framework_versions() -> dict[str, str]:
@@ -80,6 +86,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        # mkstemp creates the file readable by its owner only; a package must stay readable
+        # by the daemon's service user, so apply the usual mode under the current umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -27,10 +27,15 @@ FEATURE_STRIDE = 4
 
 def select_channels(total: int, count: int | None, seed: int) -> np.ndarray:
     """Return the sorted channel indices kept, drawn without replacement with a seeded generator."""
-    if count is None or count >= total:
+    if count is None:
         return np.arange(total)
-    if count < 1:
-        raise ValueError(f"--channels {count} is invalid; use a number from 1 to {total}")
+    if not 1 <= count <= total:
+        raise ValueError(
+            f"--channels {count} is invalid: the backbone's three stages have {total} channels; "
+            f"use a number from 1 to {total}, or 0 to keep all"
+        )
+    if count == total:
+        return np.arange(total)
     generator = np.random.default_rng(seed)
     return np.sort(generator.choice(total, size=count, replace=False))
 

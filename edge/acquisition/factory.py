@@ -58,6 +58,12 @@ def parse_source_argument(text: str, rate_fps: float | None = None) -> SourceCon
     folder source and an existing file the video source. `rate_fps` applies to replay sources.
     """
     value = text.strip()
+    is_camera = (value.isascii() and value.isdigit()) or "://" in value or " ! " in value
+    if is_camera and rate_fps is not None:
+        raise SourceError(
+            f"--rate {rate_fps} does not apply to the camera {text!r}, which delivers frames at its own rate; "
+            "drop --rate, or set the frame rate in the camera or its stream"
+        )
     try:
         if value.isascii() and value.isdigit():
             return SourceConfig(kind="camera", device=int(value))

@@ -66,7 +66,7 @@ class ImageFolderSource(FrameSource):
         self._log = log.bind(path=str(self.path))
 
         self._wakeup = threading.Event()
-        self._pacer = RatePacer(config.rate_fps, self._wakeup)
+        self._pacer = RatePacer(config.rate_fps, self._wakeup, name=str(self.path))
         self._images: list[str] = []
         self._next_index = 0
         self._frames_read = 0
@@ -149,6 +149,7 @@ class ImageFolderSource(FrameSource):
             frames_read=self._frames_read,
             bad_images=len(self._bad_images),
             loops=self._loops,
+            late_frames=self._pacer.late_frames,
         )
         return info
 

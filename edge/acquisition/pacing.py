@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+import structlog
+
 from edge.acquisition.base import SourceTimeout
+
+log = structlog.get_logger(__name__)
 
 
 class RatePacer:
@@ -16,8 +20,11 @@ class RatePacer:
     catch-up frames. Setting `wakeup` ends a wait early (the source was closed).
     """
 
-    def __init__(self, rate_fps: float | None, wakeup: threading.Event) -> None:
+    def __init__(self, rate_fps: float | None, wakeup: threading.Event, name: str = "replay") -> None:
         self.period_ns = None if rate_fps is None else max(1, round(1e9 / rate_fps))
+        self.rate_fps = rate_fps
+        self.name = name
+        self.late_frames = 0
         self._wakeup = wakeup
         self._due_ns: int | None = None
 
@@ -38,10 +45,19 @@ class RatePacer:
         return True
 
     def advance(self) -> None:
-        """Schedule the frame after the one just handed out."""
+        """Schedule the frame after the one just handed out, counting frames handed out late."""
         if self.period_ns is None or self._due_ns is None:
             return
-        self._due_ns = max(self._due_ns + self.period_ns, time.monotonic_ns())
+        now_ns = time.monotonic_ns()
+        if now_ns - self._due_ns > self.period_ns:
+            self.late_frames += 1
+            if self.late_frames == 1:
+                log.warning(
+                    "replay is slower than rate_fps: frames come out late, at the rate the source can read them",
+                    source=self.name,
+                    rate_fps=self.rate_fps,
+                )
+        self._due_ns = max(self._due_ns + self.period_ns, now_ns)
 
     def restart(self) -> None:
         """Make the next frame due at once, as after opening."""

@@ -40,7 +40,7 @@ class VideoFileSource(FrameSource):
         # Guards the capture, because close() may come from another thread during a read.
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._pacer = RatePacer(config.rate_fps, self._wakeup)
+        self._pacer = RatePacer(config.rate_fps, self._wakeup, name=str(self.path))
         self._capture: cv2.VideoCapture | None = None
         self._pending: np.ndarray | None = None
         self._pending_index = 0
@@ -127,7 +127,8 @@ class VideoFileSource(FrameSource):
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(path=str(self.path), frames_read=self._frames_read, loops=self._loops)
+        info.update(path=str(self.path), frames_read=self._frames_read, loops=self._loops,
+                    late_frames=self._pacer.late_frames)
         return info
 
     def _check_file(self) -> None:

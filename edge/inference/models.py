@@ -61,6 +61,18 @@ def load_model(package: ModelPackage, config: InferenceConfig) -> InspectionMode
             f"(supported: {', '.join(sorted(MODEL_KINDS))}); update the daemon"
         )
     session = create_session(package.onnx_path, config)
+    _check_input_shape(session, package)
     model = model_class(session, package)
     warm_up(session, config.warmup_runs)
     return model
+
+
+def _check_input_shape(session: ort.InferenceSession, package: ModelPackage) -> None:
+    """Reject a package whose description does not match the graph's fixed input size."""
+    shape = session.get_inputs()[0].shape
+    expected = [package.preprocess.input_height, package.preprocess.input_width]
+    if len(shape) != 4 or list(shape[2:]) != expected:
+        raise PackageError(
+            f"{package.path}: the ONNX input shape {shape} does not match the input size {expected} in "
+            "model.json; export the model again"
+        )

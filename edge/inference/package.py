@@ -67,6 +67,13 @@ class ModelPackage:
         return {"name": self.name, "version": self.version, "kind": self.kind, "sha256": self.sha256}
 
 
+def description_sha256(description: dict[str, Any]) -> str:
+    """Hash a description in canonical JSON form, leaving out its own `description_sha256` field."""
+    content = {key: value for key, value in description.items() if key != "description_sha256"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def sha256_of_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
@@ -99,6 +106,13 @@ def load_package(path: Path | str, verify_checksum: bool = True) -> ModelPackage
             f"{description_path}: schema_version {version!r} is not supported by this daemon "
             f"(supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
             "export the model with a matching edge-export or update the daemon"
+        )
+
+    if verify_checksum and description.get("description_sha256") != description_sha256(description):
+        raise PackageError(
+            f"{description_path} was changed after export (its description_sha256 does not match); "
+            "export the model again, and override thresholds in the daemon config (model.image_threshold, "
+            "model.pixel_threshold) instead of editing the package"
         )
 
     try:

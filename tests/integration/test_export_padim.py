@@ -91,3 +91,13 @@ def _read(path):
     import cv2
 
     return cv2.imread(str(path))
+
+
+def test_too_few_images_is_usage_error(rendered, tmp_path, capsys):
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted((rendered / "train" / "good").glob("*.png"))[:3]:
+        (few / path.name).write_bytes(path.read_bytes())
+    code = export_main(["padim", "--train", str(few), "--out", str(tmp_path / "m"), "--no-progress"])
+    assert code == 2
+    assert "leave fewer than 2 for fitting" in capsys.readouterr().err

@@ -111,3 +111,13 @@ def test_create_synthetic():
             create_source(config)
     else:
         assert type(create_source(config)).__name__ == "SyntheticSource"
+
+
+def test_rate_rejected_for_camera():
+    with pytest.raises(SourceError, match="does not apply to the camera"):
+        parse_source_argument("0", rate_fps=5)
+
+
+def test_infinite_rate_rejected():
+    with pytest.raises(SourceError, match="invalid"):
+        parse_source_argument("synthetic", rate_fps=float("inf"))

@@ -39,13 +39,43 @@ def test_missing_files_are_reported(tmp_path):
         load_package(tmp_path)
 
 
+def reseal(package_dir, change):
+    """Change the description as a newer exporter would, keeping its checksum valid."""
+    from export.package_writer import write_description
+
+    description = json.loads((package_dir / "model.json").read_text())
+    change(description)
+    write_description(package_dir, description)
+
+
 def test_unknown_kind_is_rejected(brightness_package):
-    path = brightness_package / "model.json"
-    description = json.loads(path.read_text())
-    description["kind"] = "mystery"
-    path.write_text(json.dumps(description))
+    reseal(brightness_package, lambda description: description.update(kind="mystery"))
     with pytest.raises(PackageError, match="model kind 'mystery' is not supported"):
         Inspector.from_path(brightness_package)
+
+
+def test_edited_description_is_rejected(brightness_package):
+    path = brightness_package / "model.json"
+    description = json.loads(path.read_text())
+    description["thresholds"]["image"]["value"] = 1e9
+    path.write_text(json.dumps(description))
+    with pytest.raises(PackageError, match="was changed after export"):
+        load_package(brightness_package)
+
+
+def test_input_size_mismatch_is_rejected(brightness_package):
+    reseal(brightness_package, lambda description: description["preprocess"].update(input_size=[64, 64]))
+    with pytest.raises(PackageError, match="does not match the input size"):
+        Inspector.from_path(brightness_package)
+
+
+def test_package_files_follow_umask(brightness_package):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.json", "model.onnx"):
+        assert (brightness_package / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_inspector_passes_dark_and_fails_bright(brightness_package):

@@ -133,3 +133,8 @@ def test_pixel_threshold_is_quantile():
     maps = np.linspace(0, 1, 10001, dtype=np.float32).reshape(1, 1, -1)
     estimate = pixel_threshold_from_good(maps, 0.01)
     assert estimate.value == pytest.approx(0.99, abs=1e-4)
+
+
+def test_channel_count_above_total_rejected():
+    with pytest.raises(ValueError, match="use a number from 1 to 176"):
+        select_channels(176, 500, seed=0)

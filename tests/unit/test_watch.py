@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edge.parts import Verdict
-from edge.watch import PartIdTracker, main, render_heat_map, watch
+from edge.cli import main as cli_main
+from edge.watch import PartIdTracker, render_heat_map, watch
 from tests.unit.test_messages import make_part
 from tests.unit.test_publisher import make_publisher
 
@@ -59,7 +60,7 @@ def test_watch_prints_and_saves(tmp_path) -> None:
     saved = sorted((tmp_path / "maps").glob("*.png"))
     assert len(saved) == summary["maps_saved"]
     assert len(saved) == summary["by_verdict"].get("PASS", 0) + summary["by_verdict"].get("FAIL", 0)
-    assert all(re.fullmatch(r"\d{8}_(PASS|FAIL)\.png", path.name) for path in saved)
+    assert all(re.fullmatch(r"[0-9a-f]{8}_\d{8}_(PASS|FAIL)\.png", path.name) for path in saved)
     image = cv2.imread(str(saved[0]), cv2.IMREAD_UNCHANGED)
     assert image.shape == (32, 48, 3)
     assert image.dtype == np.uint8
@@ -96,11 +97,19 @@ def test_watch_bad_endpoint() -> None:
         watch("nowhere", timeout_s=0.1, out=io.StringIO())
 
 
-def test_watch_main(capsys) -> None:
-    exit_code = main(["tcp://127.0.0.1:1", "--timeout-s", "0.2"])
+def test_watch_command_summary(capsys) -> None:
+    exit_code = cli_main(["watch", "--endpoint", "tcp://127.0.0.1:1", "--timeout-s", "0.2", "--json"])
 
     assert exit_code == 0
-    assert '"stopped_by": "timeout"' in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "# 0 results" in output
+    assert '"stopped_by": "timeout"' in output
+
+
+def test_watch_command_rejects_bad_count(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["watch", "--count", "0"])
+    assert "use 1 or more" in capsys.readouterr().err
 
 
 def test_tracker_first_id_not_counted() -> None:
