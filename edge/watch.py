@@ -146,7 +146,7 @@ def format_result(header: dict) -> str:
         f"score={score_text}/{threshold_text}",
         f"regions={len(header.get('regions') or [])}",
         f"total={total_text}",
-        f"model={model.get('version', '-')}",
+        f"model={model.get('name', '-')}@{model.get('version', '-')}",
     ]
     return " ".join(fields)
 

@@ -77,7 +77,7 @@ def build_backbone(name: str, weights_path: Path | None = None) -> FeatureExtrac
         extractor = FeatureExtractor(name, stages, ["layer1", "layer2", "layer3"], channels, "imagenet")
 
     log.info(
-        "backbone_built",
+        "backbone built",
         backbone=name,
         weights=str(weights_path) if weights_path else "package",
         parameters=sum(parameter.numel() for parameter in extractor.parameters()),

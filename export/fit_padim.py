@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 # Exported and PyTorch maps must agree within this share of the map's range.
 PARITY_MAP_TOLERANCE = 1e-3
 PARITY_SCORE_TOLERANCE = 1e-4
+# Protobuf limits an ONNX file to 2 GiB; keep room for the backbone and the graph.
+MAX_ONNX_BYTES = int(1.8 * 2**30)
 # Below these counts of good images the covariances and the threshold estimates are noisy.
 RECOMMENDED_FITTING_IMAGES = 30
 RECOMMENDED_CALIBRATION_IMAGES = 10
@@ -104,6 +106,7 @@ def fit(options: PadimOptions) -> FittedPadim:
              backbone=backbone.name, normalization=normalization, image_size=options.image_size)
 
     channel_indices = select_channels(sum(backbone.channels), options.channels, options.seed)
+    _check_model_size(options.image_size, len(channel_indices))
     index_tensor = torch.as_tensor(channel_indices, dtype=torch.long)
     grid = options.image_size // FEATURE_STRIDE
     accumulator = GaussianAccumulator(len(channel_indices), grid * grid)
@@ -198,6 +201,18 @@ def fit_padim(options: PadimOptions) -> dict:
     }
     log.info("padim exported", out_dir=summary["out_dir"], total_s=summary["total_s"])
     return summary
+
+
+def _check_model_size(image_size: int, channels: int) -> None:
+    """Fail before fitting when the inverse covariances would not fit in one ONNX file."""
+    positions = (image_size // FEATURE_STRIDE) ** 2
+    size_bytes = positions * channels * channels * 4
+    if size_bytes > MAX_ONNX_BYTES:
+        raise ValueError(
+            f"--image-size {image_size} with --channels {channels} needs {size_bytes / 2**30:.1f} GiB of inverse "
+            f"covariances, more than the {MAX_ONNX_BYTES / 2**30:.1f} GiB an ONNX file can hold without external "
+            "data; lower --channels or --image-size"
+        )
 
 
 def _score_calibration(

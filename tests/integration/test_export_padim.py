@@ -101,3 +101,10 @@ def test_too_few_images_is_usage_error(rendered, tmp_path, capsys):
     code = export_main(["padim", "--train", str(few), "--out", str(tmp_path / "m"), "--no-progress"])
     assert code == 2
     assert "leave fewer than 2 for fitting" in capsys.readouterr().err
+
+
+def test_model_too_large_for_onnx_is_usage_error(rendered, tmp_path, capsys):
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
+                        "--image-size", "512", "--channels", "176", "--no-progress"])
+    assert code == 2
+    assert "lower --channels or --image-size" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_watch_prints_and_saves(tmp_path) -> None:
 
     result_lines = [line for line in output.splitlines() if " part=" in line]
     assert len(result_lines) == 9
-    assert re.search(r"part=\d+ FAIL score=0\.7500/0\.5000 regions=1 total=20\.0ms model=test-1", output)
+    assert re.search(r"part=\d+ FAIL score=0\.7500/0\.5000 regions=1 total=20\.0ms model=brightness@test-1", output)
     assert re.search(r"part=\d+ REJECT reason=inference_error score=-/0\.5000 regions=0", output)
 
     saved = sorted((tmp_path / "maps").glob("*.png"))
