@@ -49,6 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                 description="Subscribe to a daemon and print one line per result.")
     watch.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="daemon endpoint (default: tcp://127.0.0.1:5556)")
     watch.add_argument("--save", type=Path, help="folder for heat-map PNGs, one per result")
+    watch.add_argument("--images", type=Path,
+                       help="folder that a replaying daemon reads; saved maps are then drawn over its images")
     watch.add_argument("--count", type=_positive_int, help="exit after this many results")
     watch.add_argument("--timeout-s", type=_positive_float, help="exit after this many seconds")
     watch.add_argument("--json", action="store_true", help="print the summary as JSON at exit")
@@ -164,7 +166,8 @@ def _watch(args: argparse.Namespace) -> int:
 
     configure_logging("warning", "auto")
     try:
-        summary = watch(args.endpoint, save_dir=args.save, max_results=args.count, timeout_s=args.timeout_s)
+        summary = watch(args.endpoint, save_dir=args.save, max_results=args.count, timeout_s=args.timeout_s,
+                        images_dir=args.images)
     except (ValueError, OSError) as error:
         print(f"edge-inspect watch: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -84,6 +84,8 @@ class Part:
     reason: RejectReason | None = None
     detail: str | None = None
     regions: list[Region] = field(default_factory=list)
+    # Frame rectangle (x, y, width, height in pixels) that the anomaly map covers: the ROI.
+    map_frame_xywh: tuple[int, int, int, int] | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
     decision_time_ns: int | None = None
     decision_monotonic_ns: int | None = None

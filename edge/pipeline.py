@@ -207,8 +207,10 @@ class Pipeline:
     def _decide(self, part: Part) -> bool:
         try:
             output = ModelOutput(part.anomaly_map, part.image_score)
-            to_frame = self.inspector.preprocessor.map_to_frame(part.frame.image.shape)
+            frame_shape = part.frame.image.shape
+            to_frame = self.inspector.preprocessor.map_to_frame(frame_shape)
             part.verdict, part.regions = self.inspector.decider.decide(output, to_frame)
+            part.map_frame_xywh = self.inspector.preprocessor.covered_area(frame_shape)
             part.reason = None
             return True
         except Exception as error:

@@ -16,7 +16,10 @@ import cv2
 import numpy as np
 import zmq
 
+from edge.parts import Region
+from edge.preprocess.transform import Roi
 from edge.publish.messages import RESULT_PREFIX, STATUS_PREFIX, MessageError, decode_result
+from edge.visualize import overlay_anomaly_map
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 DEFAULT_TOPICS = ("result.", "status.")
@@ -187,15 +190,20 @@ def watch(
     out: TextIO = sys.stdout,
     rcv_hwm: int = DEFAULT_RCV_HWM,
     context: zmq.Context | None = None,
+    images_dir: Path | str | None = None,
 ) -> dict:
     """Subscribe to `endpoint`, print a line per message and return a summary.
 
     Stops after `max_results` results, after `timeout_s` seconds in total, or on Ctrl-C.
     With `save_dir`, each result that carries a map is saved as a heat map named
-    `<run id>_<part id>_<verdict>.png`, so a restarted daemon does not overwrite earlier files. Topics
-    are prefixes, so "result.line1.station1" also matches "result.line1.station10".
+    `<run id>_<part id>_<verdict>.png`, so a restarted daemon does not overwrite earlier files.
+    The camera image is not published. When `images_dir` is the folder a replay reads, the
+    image named by each result's `source_ref` is loaded from it and the map is drawn over it as
+    an overlay instead. Topics are prefixes, so "result.line1.station1" also matches
+    "result.line1.station10".
     """
     save_path = Path(save_dir) if save_dir is not None else None
+    images_path = Path(images_dir) if images_dir is not None else None
     if save_path is not None:
         save_path.mkdir(parents=True, exist_ok=True)
 
@@ -225,7 +233,7 @@ def watch(
     deadline_s = None if timeout_s is None else started_s + timeout_s
 
     try:
-        summary.stopped_by = _receive_until_done(socket, summary, save_path, max_results, deadline_s, out)
+        summary.stopped_by = _receive_until_done(socket, summary, save_path, images_path, max_results, deadline_s, out)
     except KeyboardInterrupt:
         summary.stopped_by = "interrupt"
     finally:
@@ -268,6 +276,7 @@ def _receive_until_done(
     socket: zmq.Socket,
     summary: _Summary,
     save_path: Path | None,
+    images_path: Path | None,
     max_results: int | None,
     deadline_s: float | None,
     out: TextIO,
@@ -284,11 +293,13 @@ def _receive_until_done(
         if not socket.poll(wait_ms, zmq.POLLIN):
             continue
         frames = socket.recv_multipart(zmq.NOBLOCK)
-        _handle_message(frames, summary, save_path, out)
+        _handle_message(frames, summary, save_path, images_path, out)
     return "max_results"
 
 
-def _handle_message(frames: list[bytes], summary: _Summary, save_path: Path | None, out: TextIO) -> None:
+def _handle_message(
+    frames: list[bytes], summary: _Summary, save_path: Path | None, images_path: Path | None, out: TextIO
+) -> None:
     try:
         topic, header, anomaly_map = decode_result(frames)
     except MessageError as error:
@@ -316,9 +327,49 @@ def _handle_message(frames: list[bytes], summary: _Summary, save_path: Path | No
         name = f"{part_id:08d}" if isinstance(part_id, int) else str(part_id)
         run = str(header.get("run_id") or "run")[:8]
         path = save_path / f"{run}_{name}_{verdict}.png"
-        if cv2.imwrite(str(path), render_heat_map(anomaly_map, header)):
+        picture = _overlay_on_source(images_path, header, anomaly_map)
+        if picture is None:
+            picture = render_heat_map(anomaly_map, header)
+        if cv2.imwrite(str(path), picture):
             summary.maps_saved += 1
         else:
             summary.save_errors += 1
             if summary.save_errors == 1:
                 print(f"# cannot write {path}; check that the folder is writable", file=out, flush=True)
+
+
+def _overlay_on_source(images_path: Path | None, header: dict, anomaly_map: np.ndarray) -> np.ndarray | None:
+    """Draw the map over the replayed image named by `source_ref`; None when there is no such image."""
+    source_ref = header.get("source_ref")
+    area = header.get("map_frame_xywh")
+    if images_path is None or not source_ref or not area:
+        return None
+    image = cv2.imread(str(images_path / source_ref), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+
+    map_info = header.get("map") or {}
+    threshold = header.get("pixel_threshold")
+    scale_max = map_info.get("scale_max") or (2.0 * threshold if isinstance(threshold, (int, float)) and threshold > 0 else None)
+    if not scale_max:
+        return None
+    regions = [
+        Region(
+            area_px=int(region["area_px"]),
+            bbox_xywh=tuple(region["bbox_xywh"]),
+            peak_score=float(region["peak_score"]),
+            peak_xy=tuple(region["peak_xy"]),
+        )
+        for region in header.get("regions") or []
+    ]
+    label = (
+        f"part {header.get('part_id')} {header.get('verdict')} "
+        f"score {_number_text(header.get('image_score'))}/{_number_text(header.get('image_threshold'))}"
+    )
+    whole_frame = list(area) == [0, 0, image.shape[1], image.shape[0]]
+    roi = None if whole_frame else Roi(*area)
+    return overlay_anomaly_map(image, anomaly_map, float(scale_max), regions=regions, roi=roi, label=label)
+
+
+def _number_text(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"

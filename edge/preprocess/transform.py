@@ -142,6 +142,13 @@ class Preprocessor:
         tensor = chw * self._scale - self._offset
         return np.ascontiguousarray(tensor[np.newaxis], dtype=np.float32)
 
+    def covered_area(self, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Return (x, y, width, height) of the frame area the model sees: the ROI or the whole frame."""
+        if self.roi is not None:
+            return self.roi.x, self.roi.y, self.roi.width, self.roi.height
+        height, width = frame_shape[:2]
+        return 0, 0, width, height
+
     def map_to_frame(self, frame_shape: tuple[int, ...]) -> tuple[float, float, int, int]:
         """Return (scale_x, scale_y, offset_x, offset_y) from model-input pixels to frame pixels."""
         if self.roi is not None:

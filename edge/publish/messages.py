@@ -142,6 +142,7 @@ def build_result_header(
         "image_threshold": _finite_or_none(thresholds.image),
         "pixel_threshold": _finite_or_none(thresholds.pixel),
         "regions": [region.to_dict() for region in part.regions] if inspected else [],
+        "map_frame_xywh": list(part.map_frame_xywh) if inspected and part.map_frame_xywh else None,
         "model": {key: model.get(key) for key in MODEL_FIELDS},
         "latency_ms": latency_ms,
         "map": map_info,

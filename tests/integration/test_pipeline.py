@@ -185,3 +185,27 @@ def test_missing_model_is_clear_error(tmp_path):
     config = make_config(tmp_path / "absent", free_tcp_endpoint(), {"kind": "synthetic"})
     with pytest.raises(DaemonError, match="is not a folder"):
         build_pipeline(config, create_source(config.source))
+
+
+def test_watch_draws_maps_over_replayed_images(brightness_package, tmp_path):
+    import io
+
+    from edge.watch import watch
+
+    write_parts(tmp_path / "images", dark=1, bright=1)
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "folder", "path": str(tmp_path / "images")},
+                         preprocess={"roi": {"x": 8, "y": 4, "width": 48, "height": 40}})
+    holder: dict = {}
+    watcher = threading.Thread(target=lambda: holder.update(summary=watch(
+        endpoint, save_dir=tmp_path / "maps", max_results=3, timeout_s=10, out=io.StringIO(),
+        images_dir=tmp_path / "images")), daemon=True)
+    watcher.start()
+    time.sleep(0.2)
+    build_pipeline(config, create_source(config.source)).run()
+    watcher.join(timeout=15)
+
+    saved = {path.name.split("_", 2)[2]: cv2.imread(str(path)) for path in (tmp_path / "maps").glob("*.png")}
+    assert holder["summary"]["maps_saved"] == 2
+    # Overlays keep the frame size; plain heat maps would have the model's 32x32 size.
+    assert {image.shape[:2] for image in saved.values()} == {(48, 64)}
