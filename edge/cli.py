@@ -146,8 +146,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_USAGE
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
+    def on_signal(_signum: int, _frame: object) -> None:
+        # Only set flags here: logging from a signal handler can deadlock on the logger's lock.
         pipeline.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -158,6 +158,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(summary, indent=2, default=str))
+    if pipeline.failure is not None:
+        print(f"edge-inspect: {pipeline.failure}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

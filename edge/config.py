@@ -75,8 +75,8 @@ class ModelConfig(_Section):
     """The model package and optional threshold overrides (unset keeps the calibrated ones)."""
 
     path: Path
-    image_threshold: float | None = Field(None, description="Overrides the package's image threshold")
-    pixel_threshold: float | None = Field(None, description="Overrides the package's pixel threshold")
+    image_threshold: float | None = Field(None, allow_inf_nan=False, description="Overrides the package's image threshold")
+    pixel_threshold: float | None = Field(None, allow_inf_nan=False, description="Overrides the package's pixel threshold")
 
 
 class InferenceConfig(_Section):
@@ -85,6 +85,9 @@ class InferenceConfig(_Section):
     )
     intra_op_num_threads: int = Field(2, ge=1, le=256)
     warmup_runs: int = Field(2, ge=1, le=100)
+    timeout_ms: int = Field(
+        5000, ge=10, le=600000, description="Longest inference call; a longer one is terminated and its part rejected"
+    )
 
     @field_validator("providers")
     @classmethod
@@ -95,20 +98,23 @@ class InferenceConfig(_Section):
 
 
 class DecisionConfig(_Section):
-    min_region_area_px: int = Field(1, ge=1, description="Smallest defect region reported, in anomaly-map pixels")
+    min_region_area_map_px: int = Field(1, ge=1, description="Smallest defect region reported, in anomaly-map pixels")
     max_regions: int = Field(20, ge=1, description="Largest number of regions reported per part, largest first")
 
 
 class PipelineConfig(_Section):
     queue_size: int = Field(4, ge=1, le=1024, description="Capacity of each queue between stages")
-    drain_timeout_s: float = Field(2.0, gt=0, le=30, description="Time to inspect queued parts at shutdown; the rest are rejected")
+    drain_timeout_s: float = Field(
+        2.0, gt=0, le=3.0,
+        description="Time to inspect queued parts at shutdown; the rest are rejected. At most 3 s, so the process exits within 5 s",
+    )
     max_parts: int | None = Field(None, ge=1, description="Stop after this many parts")
 
 
 class PublishConfig(_Section):
     endpoint: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ PUB endpoint to bind")
     send_hwm: int = Field(100, ge=1, description="ZeroMQ send high-water mark, in messages")
-    linger_ms: int = Field(500, ge=0, description="How long unsent messages are kept at shutdown")
+    linger_ms: int = Field(500, ge=0, le=1000, description="How long unsent messages are kept at shutdown")
     map_encoding: Literal["png8", "float16", "none"] = "png8"
     status_interval_s: float = Field(1.0, gt=0, le=60)
     subscriber_grace_ms: int = Field(

@@ -64,7 +64,9 @@ class Inspector:
         preprocessed = time.perf_counter()
         output = self.model.run(tensor)
         inferred = time.perf_counter()
-        verdict, regions = self.decider.decide(output, self.preprocessor.map_to_frame(image.shape))
+        verdict, regions = self.decider.decide(
+            output, self.preprocessor.map_to_frame(image.shape, output.anomaly_map.shape)
+        )
         decided = time.perf_counter()
 
         return Inspection(

@@ -89,6 +89,8 @@ class Part:
     stage_ms: dict[str, float] = field(default_factory=dict)
     decision_time_ns: int | None = None
     decision_monotonic_ns: int | None = None
+    # Set once the part was handed to the publisher, so no part is published twice.
+    finished: bool = False
 
     def reject(self, reason: RejectReason, detail: str | None = None) -> Part:
         """Mark the part as not inspected and drop its pixel data."""

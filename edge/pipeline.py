@@ -28,12 +28,17 @@ from typing import Callable
 
 import structlog
 
-from edge.acquisition.base import FrameSource, SourceError, SourceTimeout
+from edge.acquisition.base import FrameSource, SourceTimeout
 from edge.config import AppConfig
 from edge.inference.models import ModelOutput
+from edge.inference.watchdog import InferenceWatchdog
 from edge.inspector import Inspector
 from edge.log import RepeatLimiter
 from edge.parts import Part, RejectReason
+from edge.inference.package import PackageError
+from edge.inference.session import SessionError
+from edge.preprocess.transform import Roi
+from edge.publish.messages import MessageError
 from edge.publish.publisher import ResultPublisher
 from edge.publish.stats import PipelineStats
 
@@ -41,20 +46,35 @@ log = structlog.get_logger(__name__)
 
 _END = object()
 _POLL_S = 0.1
+# After the drain deadline, stages get this long to finish before their parts are rejected for them.
+FORCED_STOP_GRACE_S = 1.0
+STAGE_REJECT_REASONS = {
+    "preprocess": RejectReason.PREPROCESS_ERROR,
+    "inference": RejectReason.INFERENCE_ERROR,
+    "decision": RejectReason.DECISION_ERROR,
+}
 
 
 class Pipeline:
     """Wires source, inspector stages and publisher; `run` blocks until the pipeline has drained."""
 
-    def __init__(self, config: AppConfig, source: FrameSource, inspector: Inspector, stats: PipelineStats | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, source: FrameSource, inspector: Inspector, stats: PipelineStats | None = None
+    ) -> None:
         self.config = config
         self.source = source
         self.inspector = inspector
         self.stats = stats or PipelineStats()
         self.stop_requested = threading.Event()
+        self.failure: str | None = None
         self._drain_deadline: float | None = None
         self._next_part_id = 1
         self._errors = RepeatLimiter(log)
+        self._watchdog = InferenceWatchdog(config.inference.timeout_ms / 1000.0)
+        self._finish_lock = threading.Lock()
+        self._abandoned = threading.Event()
+        # The part each thread holds between taking it and handing it on, for a forced stop.
+        self._in_flight: dict[str, Part] = {}
 
         size = config.pipeline.queue_size
         self._queues: dict[str, queue.Queue] = {
@@ -70,19 +90,15 @@ class Pipeline:
             self.stats,
             status_provider=self.status,
         )
-        self._result_listeners: list[Callable[[Part], None]] = []
-
-    def add_result_listener(self, listener: Callable[[Part], None]) -> None:
-        """Call `listener(part)` for every finished part, from the thread that finished it."""
-        self._result_listeners.append(listener)
 
     def status(self) -> dict:
         """Return the counters, queue depths and source state for the status message."""
         depths = {name: stage_queue.qsize() for name, stage_queue in self._queues.items()}
+        depths["publish"] = self.publisher.queue_depth
         return self.stats.snapshot(queue_depths=depths, source=self.source.describe())
 
     def request_stop(self) -> None:
-        """Stop capture and drain; safe to call from a signal handler."""
+        """Stop capture and drain. Safe to call from a signal handler, so it neither logs nor blocks."""
         if not self.stop_requested.is_set():
             self._drain_deadline = time.monotonic() + self.config.pipeline.drain_timeout_s
             self.stop_requested.set()
@@ -90,50 +106,75 @@ class Pipeline:
     def run(self) -> dict:
         """Run until the source ends, `max_parts` is reached or a stop is requested; return the summary.
 
-        Raises SourceError when the source cannot be opened, before any part is published.
+        Raises SourceError when the source cannot be opened, before any part is published. A
+        source that fails later ends the run; `failure` then says why.
         """
         self.publisher.start()
         # Subscribers that are already waiting connect during the grace period; the source opens
         # after it, so a live source does not count the wait as frames missed.
         self.stop_requested.wait(self.config.publish.subscriber_grace_ms / 1000.0)
+        if self.stop_requested.is_set():
+            self._stop_publisher()
+            return self.status()
         try:
             self.source.open()
         except Exception:
-            self.publisher.stop(timeout_s=1.0)
+            self._stop_publisher()
             raise
+
+        self._watchdog.start()
         threads = [
             threading.Thread(target=self._acquire, name="acquisition", daemon=True),
-            threading.Thread(target=self._stage_loop, args=("preprocess", self._preprocess, "inference"), name="preprocess", daemon=True),
-            threading.Thread(target=self._stage_loop, args=("inference", self._infer, "decision"), name="inference", daemon=True),
-            threading.Thread(target=self._stage_loop, args=("decision", self._decide, None), name="decision", daemon=True),
+            threading.Thread(target=self._stage_loop, args=("preprocess", self._preprocess, "inference"),
+                             name="preprocess", daemon=True),
+            threading.Thread(target=self._stage_loop, args=("inference", self._infer, "decision"),
+                             name="inference", daemon=True),
+            threading.Thread(target=self._stage_loop, args=("decision", self._decide, None),
+                             name="decision", daemon=True),
         ]
         log.info("pipeline started", source=self.source.name, queue_size=self.config.pipeline.queue_size,
                  model=self.inspector.package.identity())
         for thread in threads:
             thread.start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=_POLL_S)
+            self._join(threads)
         finally:
-            self.publisher.stop(timeout_s=1.5)
+            self._watchdog.stop()
+            self._stop_publisher()
+
         summary = self.status()
-        log.info("pipeline stopped", counters=summary["counters"], rejected_by_reason=summary["rejected_by_reason"])
+        log.info("pipeline stopped", counters=summary["counters"], rejected_by_reason=summary["rejected_by_reason"],
+                 failure=self.failure)
         return summary
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        """Wait for the stages; after the drain deadline, terminate inference, then stop waiting."""
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=_POLL_S)
+                if self._drain_deadline is None or time.monotonic() <= self._drain_deadline:
+                    continue
+                self._watchdog.terminate_current()
+                if time.monotonic() > self._drain_deadline + FORCED_STOP_GRACE_S:
+                    self._reject_abandoned_parts([stage.name for stage in threads if stage.is_alive()])
+                    return
+
+    def _stop_publisher(self) -> None:
+        self.publisher.stop(timeout_s=self.config.publish.linger_ms / 1000.0 + 1.0)
 
     # Stages
 
     def _acquire(self) -> None:
         entry = self._queues["preprocess"]
         max_parts = self.config.pipeline.max_parts
-        read_timeout_s = self.config.source.read_timeout_ms / 1000.0
+        read_timeout_s = min(self.config.source.read_timeout_ms / 1000.0, 0.5)
         try:
             while not self.stop_requested.is_set():
                 if max_parts is not None and self._next_part_id > max_parts:
-                    log.info("max parts reached", max_parts=max_parts)
+                    log.info("capture ended: max parts reached", max_parts=max_parts)
                     break
                 try:
-                    frame = self.source.read(timeout_s=min(read_timeout_s, 0.5))
+                    frame = self.source.read(timeout_s=read_timeout_s)
                 except SourceTimeout:
                     continue
                 if frame is None:
@@ -149,14 +190,20 @@ class Pipeline:
                     self._offer(entry, part)
                 else:
                     self._put_or_reject(entry, part)
-        except SourceError as error:
-            log.error("source failed", source=self.source.name, error=str(error))
+            if self.stop_requested.is_set():
+                log.info("capture ended: stop requested", source=self.source.name)
+        except Exception as error:  # any source failure ends capture, and the exit code reports it
+            self.failure = f"source {self.source.name} failed: {error}"
+            log.error("source failed", source=self.source.name, error=repr(error))
         finally:
-            self.source.close()
+            try:
+                self.source.close()
+            except Exception as error:
+                log.error("source close failed", source=self.source.name, error=repr(error))
             # The end of a finite source drains without a deadline; only a stop request sets one.
             self._put_blocking(entry, _END)
 
-    def _stage_loop(self, name: str, work: Callable[[Part], bool], downstream: str | None) -> None:
+    def _stage_loop(self, name: str, work: Callable[[Part], None], downstream: str | None) -> None:
         inbox = self._queues[name]
         outbox = self._queues[downstream] if downstream else None
         while True:
@@ -165,69 +212,63 @@ class Pipeline:
                 if outbox is not None:
                     self._put_blocking(outbox, _END)
                 return
-            part: Part = item
-            if self._drain_expired():
-                self._finish(part.reject(RejectReason.SHUTDOWN, f"not inspected within the drain timeout, at {name}"))
-                continue
-            started = time.perf_counter()
-            passed_on = work(part)
+            self._in_flight[name] = item
+            try:
+                self._process(name, work, item, outbox)
+            finally:
+                self._in_flight.pop(name, None)
+
+    def _process(self, name: str, work: Callable[[Part], None], part: Part, outbox: queue.Queue | None) -> None:
+        if self._drain_expired():
+            self._finish(part.reject(RejectReason.SHUTDOWN, f"not inspected within the drain timeout, at {name}"))
+            return
+
+        started = time.perf_counter()
+        try:
+            work(part)
+        except Exception as error:  # one part's failure must never stop the line
             part.stage_ms[name] = (time.perf_counter() - started) * 1000.0
-            if not passed_on:
-                continue
-            if outbox is None:
-                self._finish(part)
-            else:
-                self._put_blocking(outbox, part)
+            self._errors.error(f"{name} failed", part_id=part.part_id, error=repr(error))
+            self._finish(part.reject(STAGE_REJECT_REASONS[name], str(error)))
+            return
+        part.stage_ms[name] = (time.perf_counter() - started) * 1000.0
 
-    def _preprocess(self, part: Part) -> bool:
-        try:
-            part.tensor = self.inspector.preprocessor(part.frame.image)
-            return True
-        except Exception as error:  # a bad frame must never stop the line
-            self._errors.error("preprocessing failed", part_id=part.part_id, error=repr(error))
-            self._finish(part.reject(RejectReason.PREPROCESS_ERROR, str(error)))
-            return False
+        if outbox is None:
+            self._finish(part)
+        else:
+            self._put_blocking(outbox, part)
 
-    def _infer(self, part: Part) -> bool:
-        try:
-            output = self.inspector.model.run(part.tensor)
-        except Exception as error:  # onnxruntime raises untyped errors
-            self._errors.error("inference failed", part_id=part.part_id, error=repr(error))
-            self._finish(part.reject(RejectReason.INFERENCE_ERROR, str(error)))
-            return False
+    def _preprocess(self, part: Part) -> None:
+        part.tensor = self.inspector.preprocessor(part.frame.image)
+
+    def _infer(self, part: Part) -> None:
+        output = self._watchdog.run(lambda run_options: self.inspector.model.run(part.tensor, run_options))
         if not math.isfinite(output.image_score):
-            self._errors.error("inference returned a non-finite image score", part_id=part.part_id, image_score=output.image_score)
-            self._finish(part.reject(RejectReason.INFERENCE_ERROR, f"image score is {output.image_score}"))
-            return False
+            raise ValueError(f"the model returned a non-finite image score ({output.image_score})")
         part.anomaly_map = output.anomaly_map
         part.image_score = output.image_score
         part.tensor = None
-        return True
 
-    def _decide(self, part: Part) -> bool:
-        try:
-            output = ModelOutput(part.anomaly_map, part.image_score)
-            frame_shape = part.frame.image.shape
-            to_frame = self.inspector.preprocessor.map_to_frame(frame_shape)
-            part.verdict, part.regions = self.inspector.decider.decide(output, to_frame)
-            part.map_frame_xywh = self.inspector.preprocessor.covered_area(frame_shape)
-            part.reason = None
-            return True
-        except Exception as error:
-            self._errors.error("decision failed", part_id=part.part_id, error=repr(error))
-            self._finish(part.reject(RejectReason.DECISION_ERROR, str(error)))
-            return False
+    def _decide(self, part: Part) -> None:
+        output = ModelOutput(part.anomaly_map, part.image_score)
+        frame_shape = part.frame.image.shape
+        to_frame = self.inspector.preprocessor.map_to_frame(frame_shape, output.anomaly_map.shape)
+        part.verdict, part.regions = self.inspector.decider.decide(output, to_frame)
+        part.reason = None
+        part.map_frame_xywh = self.inspector.preprocessor.covered_area(frame_shape)
 
-    # Queue helpers
+    # Hand-over and publishing
 
     def _finish(self, part: Part) -> None:
-        """Publish a part whose verdict is final; every captured part passes here exactly once."""
+        """Publish a part whose verdict is final; a part that was already published is skipped."""
+        with self._finish_lock:
+            if part.finished:
+                return
+            part.finished = True
         part.stamp_decision()
         part.frame.image = None
         self.stats.record_part(part)
         self.publisher.submit(part)
-        for listener in self._result_listeners:
-            listener(part)
 
     def _offer(self, entry: queue.Queue, part: Part) -> None:
         try:
@@ -237,22 +278,44 @@ class Pipeline:
             self._finish(part.reject(RejectReason.OVERLOAD, "preprocess queue full"))
 
     def _put_or_reject(self, entry: queue.Queue, part: Part) -> None:
-        while not self.stop_requested.is_set():
-            try:
-                entry.put(part, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-        self._finish(part.reject(RejectReason.SHUTDOWN, "captured while stopping"))
+        self._in_flight["acquisition"] = part
+        try:
+            while not self.stop_requested.is_set():
+                try:
+                    entry.put(part, timeout=_POLL_S)
+                    return
+                except queue.Full:
+                    continue
+            self._finish(part.reject(RejectReason.SHUTDOWN, "captured while stopping"))
+        finally:
+            self._in_flight.pop("acquisition", None)
 
     def _put_blocking(self, target: queue.Queue, item: object) -> None:
-        # Downstream stages consume until they see _END, so this wait always ends.
-        while True:
+        # Downstream stages consume until they see _END, so this wait ends, unless a stage is
+        # stuck; a forced stop then sets _abandoned and the held part is rejected for this thread.
+        while not self._abandoned.is_set():
             try:
                 target.put(item, timeout=_POLL_S)
                 return
             except queue.Full:
                 continue
+
+    def _reject_abandoned_parts(self, stuck_threads: list[str]) -> None:
+        """Publish every part still queued or held by a stuck stage as REJECT with reason `shutdown`."""
+        self._abandoned.set()
+        parts = list(self._in_flight.values())
+        for stage_queue in self._queues.values():
+            while True:
+                try:
+                    item = stage_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, Part):
+                    parts.append(item)
+        for part in parts:
+            self._finish(part.reject(RejectReason.SHUTDOWN, "a pipeline stage did not stop within the drain timeout"))
+        log.error("stages did not stop within the drain timeout; their parts were rejected",
+                  stuck_threads=stuck_threads, rejected=len(parts))
 
     def _drain_expired(self) -> bool:
         return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
@@ -264,10 +327,6 @@ class DaemonError(RuntimeError):
 
 def build_pipeline(config: AppConfig, source: FrameSource) -> Pipeline:
     """Load the model package named by the config and wire it to the source and the publisher."""
-    from edge.inference.package import PackageError
-    from edge.inference.session import SessionError
-    from edge.preprocess.transform import Roi
-
     roi = Roi(**config.preprocess.roi.model_dump()) if config.preprocess.roi else None
     try:
         inspector = Inspector.from_path(
@@ -280,4 +339,7 @@ def build_pipeline(config: AppConfig, source: FrameSource) -> Pipeline:
         )
     except (PackageError, SessionError) as error:
         raise DaemonError(str(error)) from error
-    return Pipeline(config, source, inspector)
+    try:
+        return Pipeline(config, source, inspector)
+    except (ValueError, MessageError) as error:
+        raise DaemonError(f"cannot publish with this model and config: {error}") from error

@@ -5,7 +5,6 @@ Run it as `edge-inspect watch --endpoint tcp://127.0.0.1:5556 --save maps --coun
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field

@@ -237,6 +237,11 @@ def _score_calibration(
             maps.append(onnx_map[0, 0])
             scores.append(float(onnx_score[0]))
 
+    if not all(np.isfinite(score) for score in scores) or not all(np.isfinite(item).all() for item in maps):
+        raise RuntimeError(
+            "the exported graph returned NaN or infinite scores on held-out good images; check that the "
+            "training images are valid and try fewer --channels"
+        )
     parity = {
         "images": len(calibration),
         "max_map_error_of_range": worst_map_error,

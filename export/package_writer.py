@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import edge
-from edge.inference.package import DESCRIPTION_FILE, MODEL_FILE, SCHEMA_VERSION, description_sha256, sha256_of_file
+from edge.inference.package import (
+    DESCRIPTION_FILE,
+    MODEL_FILE,
+    PACKAGE_SCHEMA_VERSION,
+    description_sha256,
+    sha256_of_file,
+)
 from edge.preprocess.transform import PreprocessSpec
 
 
@@ -49,7 +55,7 @@ def write_package(
     _write_atomic(onnx_path, onnx_bytes)
 
     description: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": PACKAGE_SCHEMA_VERSION,
         "kind": kind,
         "name": name,
         "version": version or created.replace("-", "").replace(":", ""),
@@ -67,7 +73,7 @@ def write_package(
 def write_description(out_dir: Path, description: dict[str, Any]) -> None:
     """Seal the description with its own checksum and write it as `model.json`."""
     sealed = {**description, "description_sha256": description_sha256(description)}
-    _write_atomic(out_dir / DESCRIPTION_FILE, (json.dumps(sealed, indent=2) + "\n").encode("utf-8"))
+    _write_atomic(out_dir / DESCRIPTION_FILE, (json.dumps(sealed, indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def _framework_versions() -> dict[str, str]:

@@ -158,7 +158,8 @@ def image_threshold_from_good(scores: np.ndarray, target_false_reject: float) ->
     mean = float(scores.mean())
     std = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
     gaussian = mean + z * std
-    value = max(gaussian, float(scores.max()))
+    # A part fails at score >= threshold, so the threshold sits just above the highest good score.
+    value = max(gaussian, float(np.nextafter(scores.max(), np.inf)))
     return ThresholdEstimate(
         value=value,
         details={

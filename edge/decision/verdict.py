@@ -31,7 +31,7 @@ class Decider:
             output.anomaly_map,
             self.thresholds.pixel,
             to_frame,
-            min_area_px=self.config.min_region_area_px,
+            min_area_px=self.config.min_region_area_map_px,
             max_regions=self.config.max_regions,
         )
         return Verdict.FAIL, regions

@@ -33,8 +33,8 @@ class InspectionModel(ABC):
         self.input_name = session.get_inputs()[0].name
 
     @abstractmethod
-    def run(self, tensor: np.ndarray) -> ModelOutput:
-        """Score one preprocessed 1x3xHxW tensor."""
+    def run(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> ModelOutput:
+        """Score one preprocessed 1x3xHxW tensor; `run_options` lets a watchdog terminate the call."""
 
 
 MODEL_KINDS: dict[str, type[InspectionModel]] = {}

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.preprocess.transform import PreprocessSpec
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+PACKAGE_SCHEMA_VERSION = 1
+SUPPORTED_PACKAGE_SCHEMA_VERSIONS = (1,)
 MODEL_FILE = "model.onnx"
 DESCRIPTION_FILE = "model.json"
 
@@ -101,10 +102,10 @@ def load_package(path: Path | str, verify_checksum: bool = True) -> ModelPackage
         raise PackageError(f"{description_path} cannot be read as JSON ({error}); export the model again") from error
 
     version = description.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
+    if version not in SUPPORTED_PACKAGE_SCHEMA_VERSIONS:
         raise PackageError(
             f"{description_path}: schema_version {version!r} is not supported by this daemon "
-            f"(supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
+            f"(supported: {', '.join(map(str, SUPPORTED_PACKAGE_SCHEMA_VERSIONS))}); "
             "export the model with a matching edge-export or update the daemon"
         )
 
@@ -122,10 +123,13 @@ def load_package(path: Path | str, verify_checksum: bool = True) -> ModelPackage
             image=float(description["thresholds"]["image"]["value"]),
             pixel=float(description["thresholds"]["pixel"]["value"]),
         )
-        for key in ("kind", "name", "version"):
-            description[key]
     except (KeyError, TypeError, ValueError) as error:
         raise PackageError(f"{description_path} is incomplete or invalid ({error!r}); export the model again") from error
+    missing = [key for key in ("kind", "name", "version") if not isinstance(description.get(key), str)]
+    if missing:
+        raise PackageError(f"{description_path} lacks {', '.join(missing)}; export the model again")
+    if not (math.isfinite(thresholds.image) and math.isfinite(thresholds.pixel)):
+        raise PackageError(f"{description_path} has non-finite thresholds {thresholds}; export the model again")
 
     if verify_checksum:
         actual_sha256 = sha256_of_file(onnx_path)

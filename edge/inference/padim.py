@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 from edge.inference.models import InspectionModel, ModelOutput, register_model_kind
 
@@ -14,8 +15,8 @@ IMAGE_SCORE_OUTPUT = "image_score"
 class PadimModel(InspectionModel):
     """Runs an exported PaDiM graph, which computes the smoothed map and its maximum itself."""
 
-    def run(self, tensor: np.ndarray) -> ModelOutput:
+    def run(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> ModelOutput:
         anomaly_map, image_score = self.session.run(
-            [ANOMALY_MAP_OUTPUT, IMAGE_SCORE_OUTPUT], {self.input_name: tensor}
+            [ANOMALY_MAP_OUTPUT, IMAGE_SCORE_OUTPUT], {self.input_name: tensor}, run_options
         )
         return ModelOutput(anomaly_map=anomaly_map[0, 0].astype(np.float32, copy=False), image_score=float(image_score[0]))

@@ -149,14 +149,16 @@ class Preprocessor:
         height, width = frame_shape[:2]
         return 0, 0, width, height
 
-    def map_to_frame(self, frame_shape: tuple[int, ...]) -> tuple[float, float, int, int]:
-        """Return (scale_x, scale_y, offset_x, offset_y) from model-input pixels to frame pixels."""
-        if self.roi is not None:
-            width, height, offset_x, offset_y = self.roi.width, self.roi.height, self.roi.x, self.roi.y
-        else:
-            height, width = frame_shape[:2]
-            offset_x = offset_y = 0
-        return width / self.spec.input_width, height / self.spec.input_height, offset_x, offset_y
+    def map_to_frame(
+        self, frame_shape: tuple[int, ...], map_shape: tuple[int, ...] | None = None
+    ) -> tuple[float, float, int, int]:
+        """Return (scale_x, scale_y, offset_x, offset_y) from map pixels to frame pixels.
+
+        The map covers the ROI (or the whole frame); `map_shape` defaults to the model input size.
+        """
+        offset_x, offset_y, width, height = self.covered_area(frame_shape)
+        map_height, map_width = map_shape[:2] if map_shape is not None else (self.spec.input_height, self.spec.input_width)
+        return width / map_width, height / map_height, offset_x, offset_y
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

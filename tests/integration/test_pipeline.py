@@ -42,9 +42,9 @@ def write_parts(folder: Path, dark: int, bright: int) -> None:
 def slow_down(pipeline: Pipeline, delay_s: float) -> None:
     run = pipeline.inspector.model.run
 
-    def slow_run(tensor):
+    def slow_run(tensor, run_options=None):
         time.sleep(delay_s)
-        return run(tensor)
+        return run(tensor, run_options)
 
     pipeline.inspector.model.run = slow_run
 
@@ -126,7 +126,7 @@ def test_inference_error_rejects_part(brightness_package):
     config = make_config(brightness_package, endpoint, {"kind": "synthetic", "max_frames": 3})
     pipeline = build_pipeline(config, create_source(config.source))
 
-    def broken_run(tensor):
+    def broken_run(tensor, run_options=None):
         raise RuntimeError("simulated ONNX Runtime failure")
 
     pipeline.inspector.model.run = broken_run
@@ -209,3 +209,116 @@ def test_watch_draws_maps_over_replayed_images(brightness_package, tmp_path):
     assert holder["summary"]["maps_saved"] == 2
     # Overlays keep the frame size; plain heat maps would have the model's 32x32 size.
     assert {image.shape[:2] for image in saved.values()} == {(48, 64)}
+
+
+def test_inference_timeout_rejects_and_continues(brightness_package):
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "synthetic", "max_frames": 4},
+                         inference={"timeout_ms": 100})
+    pipeline = build_pipeline(config, create_source(config.source))
+    run = pipeline.inspector.model.run
+
+    def hang_on_first_part(tensor, run_options=None):
+        if not getattr(hang_on_first_part, "done", False):
+            hang_on_first_part.done = True
+            while not run_options.terminate:
+                time.sleep(0.01)
+            raise RuntimeError("Exiting due to terminate flag being set to true")
+        return run(tensor, run_options)
+
+    pipeline.inspector.model.run = hang_on_first_part
+    with Collector(endpoint) as collector:
+        summary = pipeline.run()
+        collector.wait_for_results(4, timeout_s=5)
+
+    assert summary["rejected_by_reason"]["inference_error"] == 1
+    first = next(header for header in collector.results if header["part_id"] == 1)
+    assert "terminated" in first["detail"]
+    assert summary["counters"]["pass"] + summary["counters"]["fail"] == 3
+
+
+def test_stuck_stage_still_publishes_at_stop(brightness_package):
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "synthetic"},
+                         pipeline={"queue_size": 2, "drain_timeout_s": 0.5})
+    pipeline = build_pipeline(config, create_source(config.source))
+    never = threading.Event()
+
+    def ignore_terminate(tensor, run_options=None):
+        never.wait(30)  # a call stuck inside one node, which RunOptions.terminate cannot reach
+
+    pipeline.inspector.model.run = ignore_terminate
+    with Collector(endpoint) as collector:
+        thread, holder = run_in_thread(pipeline)
+        time.sleep(1.0)
+        stop_requested = time.monotonic()
+        pipeline.request_stop()
+        thread.join(timeout=6)
+        stopped_after_s = time.monotonic() - stop_requested
+        frames = holder["summary"]["counters"]["frames"]
+        collector.wait_for_results(frames, timeout_s=3)
+        collector.wait_quiet(0.3)
+    never.set()
+
+    assert stopped_after_s < 4.0
+    assert sorted(header["part_id"] for header in collector.results) == list(range(1, frames + 1))
+    assert {header["reason"] for header in collector.results} <= {"shutdown"}
+
+
+class FailingSource:
+    """A source that delivers two frames and then fails, as a camera that cannot be reopened."""
+
+    name = "failing"
+    live = False
+
+    def __init__(self):
+        self.reads = 0
+        self.state = None
+
+    def open(self):
+        pass
+
+    def read(self, timeout_s):
+        from edge.acquisition.base import SourceError
+        from edge.parts import Frame
+
+        self.reads += 1
+        if self.reads > 2:
+            raise SourceError("device unplugged and not found again")
+        return Frame.now(np.zeros((32, 32, 3), np.uint8), f"frame{self.reads}")
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return {"name": self.name, "reads": self.reads}
+
+
+def test_source_failure_is_reported(brightness_package):
+    from edge.pipeline import Pipeline
+    from edge.inspector import Inspector
+
+    endpoint = free_tcp_endpoint()
+    config = make_config(brightness_package, endpoint, {"kind": "synthetic"})
+    pipeline = Pipeline(config, FailingSource(), Inspector.from_path(brightness_package))
+    with Collector(endpoint) as collector:
+        summary = pipeline.run()
+        collector.wait_for_results(2, timeout_s=3)
+
+    assert "device unplugged" in pipeline.failure
+    assert summary["counters"]["frames"] == 2
+    assert len(collector.results) == 2
+
+
+def test_onnxruntime_honours_terminate(brightness_package):
+    import onnxruntime as ort
+
+    from edge.inference.package import load_package
+    from edge.inference.session import create_session
+    from edge.config import InferenceConfig
+
+    session = create_session(load_package(brightness_package).onnx_path, InferenceConfig())
+    options = ort.RunOptions()
+    options.terminate = True
+    with pytest.raises(Exception, match="terminate"):
+        session.run(None, {"image": np.zeros((1, 3, 32, 32), np.float32)}, options)

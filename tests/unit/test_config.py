@@ -67,3 +67,13 @@ def test_invalid_yaml_names_line(tmp_path):
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_non_finite_threshold_rejected():
+    with pytest.raises(ConfigError, match="model.image_threshold"):
+        validate_config({"model": {"path": "m", "image_threshold": float("inf")}})
+
+
+def test_drain_timeout_capped():
+    with pytest.raises(ConfigError, match="pipeline.drain_timeout_s"):
+        validate_config({"model": {"path": "m"}, "pipeline": {"drain_timeout_s": 10}})
