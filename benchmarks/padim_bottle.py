@@ -33,7 +33,8 @@ def main() -> int:
 
     data_root = os.environ.get("EDGE_INSPECT_DATA")
     if not data_root or not (Path(data_root) / "mvtec_bottle").is_dir():
-        print("EDGE_INSPECT_DATA must name the folder that holds mvtec_bottle/", file=sys.stderr)
+        print("EDGE_INSPECT_DATA is missing or has no mvtec_bottle/ folder; set it to the real image folder",
+              file=sys.stderr)
         return 2
     bottle = Path(data_root) / "mvtec_bottle"
     configure_logging("warning", "json")

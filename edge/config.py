@@ -86,7 +86,7 @@ class InferenceConfig(_Section):
     intra_op_num_threads: int = Field(2, ge=1, le=256)
     warmup_runs: int = Field(2, ge=1, le=100)
     timeout_ms: int = Field(
-        5000, ge=10, le=600000, description="Longest inference call; a longer one is terminated and its part rejected"
+        5000, ge=10, le=600000, description="Maximum duration of one inference call; a longer call is terminated and its part rejected"
     )
 
     @field_validator("providers")

@@ -19,7 +19,7 @@ class Verdict(str, Enum):
 
 
 class RejectReason(str, Enum):
-    """Why a part was rejected without an inspection verdict."""
+    """Reason a part was rejected without an inspection verdict."""
 
     OVERLOAD = "overload"
     BAD_FRAME = "bad_frame"
@@ -34,7 +34,7 @@ class Frame:
     """One captured image with its capture timestamps.
 
     `image` is HxWx3 uint8 in BGR order (OpenCV's convention) or HxW uint8 grey. It is None
-    when the source delivered something that could not be decoded; `error` then says why.
+    when the source delivered something that could not be decoded; `error` then gives the reason.
     """
 
     image: np.ndarray | None

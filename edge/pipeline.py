@@ -73,7 +73,7 @@ class Pipeline:
         self._watchdog = InferenceWatchdog(config.inference.timeout_ms / 1000.0)
         self._finish_lock = threading.Lock()
         self._abandoned = threading.Event()
-        # The part each thread holds between taking it and handing it on, for a forced stop.
+        # The part each thread has taken and not yet handed on, by thread name, for a forced stop.
         self._in_flight: dict[str, Part] = {}
 
         size = config.pipeline.queue_size
@@ -107,11 +107,11 @@ class Pipeline:
         """Run until the source ends, `max_parts` is reached or a stop is requested; return the summary.
 
         Raises SourceError when the source cannot be opened, before any part is published. A
-        source that fails later ends the run; `failure` then says why.
+        source that fails later ends the run, and `failure` then gives the reason.
         """
         self.publisher.start()
-        # Subscribers that are already waiting connect during the grace period; the source opens
-        # after it, so a live source does not count the wait as frames missed.
+        # Subscribers that are already waiting connect during the grace period. The source opens
+        # after it, so a live source does not count the wait as missed frames.
         self.stop_requested.wait(self.config.publish.subscriber_grace_ms / 1000.0)
         if self.stop_requested.is_set():
             self._stop_publisher()
@@ -291,8 +291,8 @@ class Pipeline:
             self._in_flight.pop("acquisition", None)
 
     def _put_blocking(self, target: queue.Queue, item: object) -> None:
-        # Downstream stages consume until they see _END, so this wait ends, unless a stage is
-        # stuck; a forced stop then sets _abandoned and the held part is rejected for this thread.
+        # Downstream stages consume until they receive _END, so this wait ends unless a stage is
+        # stuck. A forced stop then sets _abandoned, and the part this thread has is rejected for it.
         while not self._abandoned.is_set():
             try:
                 target.put(item, timeout=_POLL_S)

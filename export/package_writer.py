@@ -43,7 +43,7 @@ def write_package(
     onnx_info: dict[str, Any],
     sections: dict[str, Any],
 ) -> Path:
-    """Write the package atomically enough that a daemon never sees a half-written model.
+    """Write the package so that a daemon never loads a half-written model (each file is replaced atomically).
 
     `thresholds` holds `image` and `pixel`, each a dict with at least `value` and `method`.
     `sections` adds kind-specific blocks (backbone, training, the kind's own parameters).
@@ -92,8 +92,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        # mkstemp creates the file readable by its owner only; a package must stay readable
-        # by the daemon's service user, so apply the usual mode under the current umask.
+        # mkstemp creates the file readable by its owner only. A package must be readable by
+        # the daemon's service user, so the usual mode under the current umask is applied.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)

@@ -2,7 +2,7 @@
 
 Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
 Localization" (ICPR 2021). Features of three backbone stages (strides 4, 8 and 16) are
-nearest-upsampled to the stride-4 grid and concatenated, a seeded random subset of channels is
+nearest-upsampled to the stride-4 grid and concatenated. A seeded random subset of channels is
 kept, and every grid position gets a mean and a covariance (plus 0.01 times the identity). The
 exported graph returns the Mahalanobis-distance anomaly map, bilinearly upsampled to the input
 size and smoothed with a Gaussian of sigma 4, and the image score, the map's maximum.

@@ -16,7 +16,7 @@ from edge.inference.session import create_session, warm_up
 
 @dataclass(slots=True)
 class ModelOutput:
-    """What every model kind returns for one part: an anomaly map at model input size and an image score."""
+    """Output of every model kind for one part: an anomaly map at model input size and an image score."""
 
     anomaly_map: np.ndarray
     image_score: float

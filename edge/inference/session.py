@@ -15,7 +15,7 @@ log = structlog.get_logger(__name__)
 
 
 class SessionError(RuntimeError):
-    """A session that cannot run as configured; the message says what to change."""
+    """A session that cannot run as configured; the message states what to change."""
 
 
 def create_session(onnx_path: Path, config: InferenceConfig) -> ort.InferenceSession:

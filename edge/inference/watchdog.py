@@ -22,7 +22,7 @@ class InferenceWatchdog:
     """Terminate the running call through `RunOptions.terminate` when it exceeds `timeout_s`.
 
     ONNX Runtime checks the flag between graph nodes, so a call stuck inside one node (a driver
-    that never returns) is not interrupted; the pipeline's forced stop covers that case.
+    that never returns) is not interrupted. The pipeline's forced stop covers that case.
     """
 
     def __init__(self, timeout_s: float, poll_s: float = 0.02) -> None:

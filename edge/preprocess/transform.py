@@ -2,8 +2,8 @@
 
 A frame is cropped to the ROI, resized to the model's input size with the named interpolation,
 put in the model's colour order, scaled to [0, 1] and normalised with the model's mean and std.
-Export feeds training images through this same code, so the exported model sees exactly what
-it saw while fitting.
+Export feeds training images through this same code, so the exported model receives exactly
+the input it was fitted on.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Roi:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How a model expects its input; stored in the model package."""
+    """Input format of a model, stored in the model package."""
 
     input_height: int
     input_width: int
@@ -143,7 +143,7 @@ class Preprocessor:
         return np.ascontiguousarray(tensor[np.newaxis], dtype=np.float32)
 
     def covered_area(self, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-        """Return (x, y, width, height) of the frame area the model sees: the ROI or the whole frame."""
+        """Return (x, y, width, height) of the frame area given to the model: the ROI or the whole frame."""
         if self.roi is not None:
             return self.roi.x, self.roi.y, self.roi.width, self.roi.height
         height, width = frame_shape[:2]

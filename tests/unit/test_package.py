@@ -88,8 +88,10 @@ def test_inspector_passes_dark_and_fails_bright(brightness_package):
     assert inspection.verdict is Verdict.FAIL
     assert len(inspection.regions) == 1
     x, y, width, height = inspection.regions[0].bbox_xywh
-    assert abs(x - 32) <= 2 and abs(y - 8) <= 2
-    assert abs(width - 16) <= 3 and abs(height - 16) <= 3
+    assert abs(x - 32) <= 2
+    assert abs(y - 8) <= 2
+    assert abs(width - 16) <= 3
+    assert abs(height - 16) <= 3
 
 
 def test_threshold_override_applies(brightness_package):
