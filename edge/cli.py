@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from edge.arguments import finite_float, integer_in, positive_float, seed
 from edge.config import AppConfig, ConfigError, load_config, validate_config
 from edge.log import configure_logging
 
@@ -39,8 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=Path, help="model package folder; overrides model.path")
     run.add_argument("--source", help="camera index, stream URL, video file, image folder or 'synthetic'; overrides source")
     run.add_argument("--endpoint", help="ZeroMQ PUB endpoint to bind (default: tcp://127.0.0.1:5556)")
-    run.add_argument("--rate", type=float, help="replay rate in frames per second for files, folders and 'synthetic'")
-    run.add_argument("--max-parts", type=int, help="stop after this many parts")
+    run.add_argument("--rate", type=positive_float,
+                     help="replay rate in frames per second for files, folders and 'synthetic' "
+                          "(default: as fast as the pipeline inspects)")
+    run.add_argument("--max-parts", type=integer_in(1), help="stop after this many parts (default: no limit)")
     run.add_argument("--line", help="line name in topics and messages")
     run.add_argument("--station", help="station name in topics and messages")
     run.set_defaults(handler=_run)
@@ -49,10 +52,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                 description="Subscribe to a daemon and print one line per result.")
     watch.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="daemon endpoint (default: tcp://127.0.0.1:5556)")
     watch.add_argument("--save", type=Path, help="folder for heat-map PNGs, one per result")
-    watch.add_argument("--images", type=Path,
+    watch.add_argument("--images", type=_existing_folder,
                        help="folder that a replaying daemon reads; saved maps are then drawn over its images")
-    watch.add_argument("--count", type=_positive_int, help="exit after this many results")
-    watch.add_argument("--timeout-s", type=_positive_float, help="exit after this many seconds")
+    watch.add_argument("--count", type=integer_in(1), help="exit after this many results (default: no limit)")
+    watch.add_argument("--timeout-s", type=positive_float, help="exit after this many seconds (default: no limit)")
     watch.add_argument("--json", action="store_true", help="print the summary as JSON at exit")
     watch.set_defaults(handler=_watch)
 
@@ -61,9 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, required=True, help="model package folder")
     evaluate.add_argument("--data", type=Path, required=True, help="folder with test/ and ground_truth/")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, roc.png and overlays")
-    evaluate.add_argument("--image-threshold", type=float, help="override the package's image threshold")
-    evaluate.add_argument("--pixel-threshold", type=float, help="override the package's pixel threshold")
-    evaluate.add_argument("--threads", type=_positive_int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
+    evaluate.add_argument("--image-threshold", type=finite_float, help="override the package's image threshold")
+    evaluate.add_argument("--pixel-threshold", type=finite_float, help="override the package's pixel threshold")
+    evaluate.add_argument("--threads", type=integer_in(1, 256), default=2,
+                          help="ONNX Runtime intra-op threads (default: 2)")
     evaluate.set_defaults(handler=_eval)
 
     check = commands.add_parser("check-config", help="validate a configuration file and its model package")
@@ -73,11 +77,11 @@ def _build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write rendered example parts in the MVTec AD layout",
                                 description="Render good and defective parts for trials without a camera.")
     synth.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    synth.add_argument("--good-train", type=_non_negative_int, default=60, help="good parts for train/good (default: 60)")
-    synth.add_argument("--good-test", type=_non_negative_int, default=10, help="good parts for test/good (default: 10)")
-    synth.add_argument("--defective-per-kind", type=_non_negative_int, default=5, help="defective test parts per defect kind (default: 5)")
-    synth.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
-    synth.add_argument("--seed", type=int, default=0, help="seed of the rendering; the same seed writes the same images")
+    synth.add_argument("--good-train", type=integer_in(0, 100000), default=60, help="good parts for train/good (default: 60)")
+    synth.add_argument("--good-test", type=integer_in(0, 100000), default=10, help="good parts for test/good (default: 10)")
+    synth.add_argument("--defective-per-kind", type=integer_in(0, 100000), default=5, help="defective test parts per defect kind (default: 5)")
+    synth.add_argument("--size", type=integer_in(64, 4096), default=256, help="image size in pixels, 64 to 4096 (default: 256)")
+    synth.add_argument("--seed", type=seed, default=0, help="seed of the rendering; the same seed writes the same images")
     synth.set_defaults(handler=_synth)
     return parser
 
@@ -140,23 +144,34 @@ def _run(args: argparse.Namespace) -> int:
 
     config = build_run_config(args)
     configure_logging(config.logging.level, config.logging.format)
+
+    # Handlers go in before the model loads, so a stop during start-up still ends cleanly.
+    # They only record the signal: logging from a signal handler can deadlock on the logger's lock.
+    received: list[str] = []
+    pipeline = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        if pipeline is not None:
+            pipeline.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         pipeline = build_pipeline(config, create_source(config.source))
     except (DaemonError, SourceError) as error:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_USAGE
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        # Only set flags here: logging from a signal handler can deadlock on the logger's lock.
+    if received:
         pipeline.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         summary = pipeline.run()
     except (SourceError, PublishError) as error:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    if received:
+        log.info("stopped by signal", signal=received[0])
     print(json.dumps(summary, indent=2, default=str))
     if pipeline.failure is not None:
         print(f"edge-inspect: {pipeline.failure}", file=sys.stderr)
@@ -207,13 +222,24 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
     from edge.inference.package import PackageError, load_package
 
     config = load_config(args.file)
+    problems = []
     try:
         package = load_package(config.model.path)
     except PackageError as error:
-        print(f"{args.file}: model.path: {error}", file=sys.stderr)
+        problems.append(f"model.path: {error}")
+    if "CUDAExecutionProvider" in config.inference.providers and "CUDAExecutionProvider" not in ort.get_available_providers():
+        problems.append("inference.providers: CUDAExecutionProvider is not available in this onnxruntime build; "
+                        "install onnxruntime-gpu or use CPUExecutionProvider")
+    if config.source.path is not None and not config.source.path.exists():
+        problems.append(f"source.path: {config.source.path} not found; check the path")
+    if problems:
+        for problem in problems:
+            print(f"edge-inspect: {args.file}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     print(f"{args.file}: valid; model {package.name} version {package.version} ({package.kind}), "
           f"source {config.source.kind}, publishing on {config.publish.endpoint}")
@@ -240,25 +266,11 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is invalid; use 1 or more")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is invalid; use 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is invalid; use a number of seconds above 0")
-    return value
+def _existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not an existing folder")
+    return path
 
 
 if __name__ == "__main__":

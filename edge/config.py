@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +21,15 @@ class _Section(BaseModel):
 class StationConfig(_Section):
     """Line and station names, which appear in every topic and message."""
 
-    line: str = Field("line1", pattern=r"^[A-Za-z0-9_-]+$", description="Production line name")
-    station: str = Field("station1", pattern=r"^[A-Za-z0-9_-]+$", description="Station name on the line")
+    line: str = Field("line1", description="Production line name")
+    station: str = Field("station1", description="Station name on the line")
+
+    @field_validator("line", "station")
+    @classmethod
+    def _topic_safe(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError("use letters, digits, '-' and '_' only, because the name becomes part of ZeroMQ topics")
+        return name
 
 
 class SourceConfig(_Section):
@@ -162,6 +170,8 @@ def load_config(path: Path | str) -> AppConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config file ({error.strerror}); check the path") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a UTF-8 text file; pass a YAML configuration file") from error
 
     try:
         node = yaml.compose(text)
@@ -215,7 +225,8 @@ def _describe(item: dict, source_name: str, line_of: dict[tuple, int], option_na
         return f"{where}: unknown key `{key}`; remove it or check its spelling against the keys of {section}"
     if kind == "missing":
         return f"{where}: missing key `{key}`; add it"
-    return f"{where}: `{key}` = {value!r} is invalid: {item['msg']}"
+    message = item["msg"].removeprefix("Value error, ")
+    return f"{where}: `{key}` = {value!r} is invalid: {message}"
 
 
 def _nearest_line(location: tuple, line_of: dict[tuple, int]) -> int | None:

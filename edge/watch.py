@@ -201,6 +201,7 @@ def watch(
     an overlay instead. Topics are prefixes, so "result.line1.station1" also matches
     "result.line1.station10".
     """
+    _check_tcp_port(endpoint)
     save_path = Path(save_dir) if save_dir is not None else None
     images_path = Path(images_dir) if images_dir is not None else None
     if save_path is not None:
@@ -343,7 +344,8 @@ def _overlay_on_source(images_path: Path | None, header: dict, anomaly_map: np.n
     area = header.get("map_frame_xywh")
     if images_path is None or not source_ref or not area:
         return None
-    image = cv2.imread(str(images_path / source_ref), cv2.IMREAD_COLOR)
+    image_path = images_path / source_ref
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR) if image_path.is_file() else None
     if image is None:
         return None
 
@@ -362,7 +364,7 @@ def _overlay_on_source(images_path: Path | None, header: dict, anomaly_map: np.n
         for region in header.get("regions") or []
     ]
     label = (
-        f"part {header.get('part_id')} {header.get('verdict')} "
+        f"{source_ref} part {header.get('part_id')} {header.get('verdict')} "
         f"score {_number_text(header.get('image_score'))}/{_number_text(header.get('image_threshold'))}"
     )
     whole_frame = list(area) == [0, 0, image.shape[1], image.shape[0]]
@@ -372,3 +374,12 @@ def _overlay_on_source(images_path: Path | None, header: dict, anomaly_map: np.n
 
 def _number_text(value: object) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
+def _check_tcp_port(endpoint: str) -> None:
+    """Reject a tcp:// endpoint whose port is not 1 to 65535; ZeroMQ would wait on it in silence."""
+    if not endpoint.startswith("tcp://"):
+        return
+    _, _, port = endpoint.rpartition(":")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"endpoint {endpoint} has no valid port; use tcp://HOST:PORT with a port from 1 to 65535")

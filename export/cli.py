@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge.arguments import integer_in, seed
 from edge.log import configure_logging
 from edge.preprocess.transform import INTERPOLATIONS, NORMALIZATIONS, Roi
 
@@ -41,8 +42,8 @@ def _build_parser() -> argparse.ArgumentParser:
     padim.add_argument("--backbone", choices=BACKBONE_CHOICES, default="efficientnet_lite0",
                        help="feature extractor (default: efficientnet_lite0 with its bundled ImageNet weights)")
     padim.add_argument("--weights", type=Path, help="local torchvision state dict; required for the ResNet backbones")
-    padim.add_argument("--image-size", type=int, default=224, help="model input size in pixels, square (default: 224)")
-    padim.add_argument("--channels", type=int, default=100,
+    padim.add_argument("--image-size", type=integer_in(64, 1024), default=224, help="model input size in pixels, square (default: 224)")
+    padim.add_argument("--channels", type=integer_in(0), default=100,
                        help="feature channels kept, chosen at random with --seed (default: 100; 0 keeps all)")
     padim.add_argument("--calibration-fraction", type=float, default=0.2,
                        help="share of good images held out to set thresholds (default: 0.2)")
@@ -54,11 +55,12 @@ def _build_parser() -> argparse.ArgumentParser:
     padim.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="area",
                        help="resize interpolation (default: area, which antialiases when shrinking)")
     padim.add_argument("--roi", type=_parse_roi, help="crop X,Y,WIDTH,HEIGHT in pixels before resizing")
-    padim.add_argument("--seed", type=int, default=0, help="seed for the calibration split and channel choice")
-    padim.add_argument("--batch-size", type=int, default=8, help="images per forward pass while fitting")
+    padim.add_argument("--seed", type=seed, default=0, help="seed for the calibration split and channel choice")
+    padim.add_argument("--batch-size", type=integer_in(1, 1024), default=8, help="images per forward pass while fitting")
     padim.add_argument("--name", help="model name in the package (default: the --out folder name)")
     padim.add_argument("--model-version", help="model version string (default: the creation time, UTC)")
     padim.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    padim.add_argument("--force", action="store_true", help="replace an existing model package in --out")
     padim.set_defaults(handler=_run_padim)
     return parser
 
@@ -66,8 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _run_padim(args: argparse.Namespace) -> int:
     from export.fit_padim import PadimOptions, fit_padim
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} is invalid; use 1 or more")
+    _check_output_folder(args.out, args.force)
     options = PadimOptions(
         train_dir=args.train,
         out_dir=args.out,
@@ -89,6 +90,20 @@ def _run_padim(args: argparse.Namespace) -> int:
     summary = fit_padim(options)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _check_output_folder(out: Path, force: bool) -> None:
+    """Reject an --out that would overwrite files, unless it is a model package and --force is given."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for the model package")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    is_package = (out / "model.json").is_file()
+    if is_package and force:
+        return
+    if is_package:
+        raise ValueError(f"--out {out} already contains a model package; pass --force to replace it, or choose another folder")
+    raise ValueError(f"--out {out} is not empty and holds no model package; choose an empty or new folder")
 
 
 def _parse_roi(text: str) -> Roi:

@@ -80,7 +80,7 @@ def fit(options: PadimOptions) -> FittedPadim:
     """Fit the per-position Gaussians on the fitting images and build the graph to export."""
     if not 0.0 < options.target_false_reject < 0.5:
         raise ValueError(
-            f"--target-false-reject {options.target_false_reject} is invalid; use a rate such as 0.005 (0.5%)"
+            f"--target-false-reject {options.target_false_reject} is invalid; use a rate above 0 and below 0.5, such as 0.005 (0.5%)"
         )
     if options.image_size % 16 != 0 or options.image_size < 64:
         raise ValueError(f"--image-size {options.image_size} is invalid; use a multiple of 16 of at least 64, such as 224")

@@ -90,7 +90,7 @@ class ImageFolderSource(FrameSource):
             self.state = SourceState.FAILED
             raise SourceError(
                 f"image folder {self.path} contains no images: searched it and its subfolders for "
-                f"{searched} (any letter case); add images or point `source.path` at the folder that has them"
+                f"{searched} (any letter case); add images or point `source.path` (--source) at the folder that has them"
             )
 
         self._images = images

@@ -89,6 +89,8 @@ def load_package(path: Path | str, verify_checksum: bool = True) -> ModelPackage
     description_path = path / DESCRIPTION_FILE
     onnx_path = path / MODEL_FILE
 
+    if not path.exists():
+        raise PackageError(f"model package {path} not found; pass the folder written by edge-export")
     if not path.is_dir():
         raise PackageError(f"model package {path} is not a folder; pass the folder written by edge-export")
     if not description_path.is_file() or not onnx_path.is_file():

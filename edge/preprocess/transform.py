@@ -121,7 +121,7 @@ class Preprocessor:
         if roi.x + roi.width > width or roi.y + roi.height > height:
             raise PreprocessError(
                 f"ROI x={roi.x} y={roi.y} width={roi.width} height={roi.height} does not fit in a "
-                f"{width}x{height} frame; shrink the ROI in preprocess.roi"
+                f"{width}x{height} frame; shrink the ROI (preprocess.roi, or --roi of edge-export)"
             )
         return image[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width]
 

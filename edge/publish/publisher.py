@@ -460,13 +460,13 @@ def _check_endpoint(endpoint: str) -> None:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise PublishError(
             f"cannot bind the result publisher to {endpoint}: port {port!r} is not a number from 1 to 65535 "
-            "or * (any free port); fix publish.endpoint, for example tcp://0.0.0.0:5556"
+            "or * (any free port); fix publish.endpoint (--endpoint), for example tcp://0.0.0.0:5556"
         )
 
 
 def _bind_error_message(endpoint: str, error: zmq.ZMQError) -> str:
     fixes = {
-        errno.EADDRINUSE: "another process is bound to it; stop that process or set publish.endpoint to a free port",
+        errno.EADDRINUSE: "another process is bound to it; stop that process or set publish.endpoint (--endpoint) to a free port",
         errno.EADDRNOTAVAIL: "the address is not one of this machine's; use one of its addresses, "
         "or tcp://0.0.0.0:PORT for all interfaces",
         errno.ENODEV: "the host or interface name is unknown; use an IP address, an interface name, "
@@ -476,5 +476,5 @@ def _bind_error_message(endpoint: str, error: zmq.ZMQError) -> str:
         errno.EINVAL: "the endpoint is invalid; use tcp://HOST:PORT, ipc:///path/to/socket or inproc://name",
         errno.EPROTONOSUPPORT: "the transport is not supported by this ZeroMQ build; use tcp://HOST:PORT",
     }
-    fix = fixes.get(error.errno, "check publish.endpoint")
+    fix = fixes.get(error.errno, "check publish.endpoint (--endpoint)")
     return f"cannot bind the result publisher to {endpoint} ({error.strerror}): {fix}"

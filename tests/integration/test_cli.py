@@ -109,3 +109,26 @@ def test_run_from_config_file(brightness_package, tmp_path):
     assert json.loads(result.stdout)["counters"]["frames"] == 5
     assert {header["line"] for header in collector.results} == {"l7"}
     assert {header["station"] for header in collector.results} == {"s2"}
+
+
+def test_check_config_finds_missing_source_and_cuda(brightness_package, tmp_path):
+    config = tmp_path / "station.yaml"
+    config.write_text(
+        f"model:\n  path: {brightness_package}\nsource:\n  kind: folder\n  path: {tmp_path / 'nowhere'}\n"
+        "inference:\n  providers: [CUDAExecutionProvider]\n"
+    )
+    result = subprocess.run(edge_inspect("check-config", str(config)), cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "source.path" in result.stderr
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "inference.providers" in result.stderr
+
+
+def test_watch_rejects_bad_port():
+    result = subprocess.run(edge_inspect("watch", "--endpoint", "tcp://127.0.0.1:99999", "--timeout-s", "1"),
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "port from 1 to 65535" in result.stderr

@@ -108,3 +108,18 @@ def test_model_too_large_for_onnx_is_usage_error(rendered, tmp_path, capsys):
                         "--image-size", "512", "--channels", "176", "--no-progress"])
     assert code == 2
     assert "lower --channels or --image-size" in capsys.readouterr().err
+
+
+def test_existing_package_needs_force(package, rendered, capsys):
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(package), "--no-progress"])
+    assert code == 2
+    assert "pass --force to replace it" in capsys.readouterr().err
+
+
+def test_foreign_folder_never_overwritten(rendered, tmp_path, capsys):
+    (tmp_path / "report.docx").write_bytes(b"keep me")
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path), "--force",
+                        "--no-progress"])
+    assert code == 2
+    assert "holds no model package" in capsys.readouterr().err
+    assert (tmp_path / "report.docx").read_bytes() == b"keep me"

@@ -77,3 +77,10 @@ def test_non_finite_threshold_rejected():
 def test_drain_timeout_capped():
     with pytest.raises(ConfigError, match="pipeline.drain_timeout_s"):
         validate_config({"model": {"path": "m"}, "pipeline": {"drain_timeout_s": 10}})
+
+
+def test_binary_file_is_reported(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(path)

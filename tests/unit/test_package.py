@@ -33,7 +33,7 @@ def test_unknown_schema_version_is_rejected(brightness_package):
 
 
 def test_missing_files_are_reported(tmp_path):
-    with pytest.raises(PackageError, match="is not a folder"):
+    with pytest.raises(PackageError, match="not found"):
         load_package(tmp_path / "absent")
     with pytest.raises(PackageError, match="must contain model.json and model.onnx"):
         load_package(tmp_path)

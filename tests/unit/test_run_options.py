@@ -30,10 +30,14 @@ def test_rate_option_overrides_file(tmp_path):
 
 
 def test_errors_name_the_option(tmp_path):
-    with pytest.raises(ConfigError, match=r"--max-parts \(pipeline.max_parts\)"):
-        parse("--model", str(tmp_path), "--source", "synthetic", "--max-parts", "0")
     with pytest.raises(ConfigError, match=r"--line \(station.line\)"):
         parse("--model", str(tmp_path), "--source", "synthetic", "--line", "line 1")
+
+
+def test_out_of_range_option_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse("--model", str(tmp_path), "--source", "synthetic", "--max-parts", "0")
+    assert "--max-parts: 0 is out of range; use 1 or more" in capsys.readouterr().err
 
 
 def test_source_without_model_needs_config():
