@@ -205,7 +205,11 @@ def watch(
     save_path = Path(save_dir) if save_dir is not None else None
     images_path = Path(images_dir) if images_dir is not None else None
     if save_path is not None:
-        save_path.mkdir(parents=True, exist_ok=True)
+        try:
+            save_path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot create the folder {save_path} for saved maps ({error.strerror}); "
+                             "choose a writable folder") from error
 
     owns_context = context is None
     context = context or zmq.Context()

@@ -584,6 +584,8 @@ def write_synthetic_dataset(
         raise ValueError(f"size_px={size_px} is too small to draw a part; use at least {MIN_SIZE_PX}")
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file; choose a folder for the rendered dataset")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or choose another output folder")
     _write_split(out_dir / "train" / "good", None, None, good_train, size_px, [seed, 0])
