@@ -124,6 +124,11 @@ class PublishConfig(_Section):
     send_hwm: int = Field(100, ge=1, description="ZeroMQ send high-water mark, in messages")
     linger_ms: int = Field(500, ge=0, le=1000, description="How long unsent messages are kept at shutdown")
     map_encoding: Literal["png8", "float16", "none"] = "png8"
+    count_send_drops: bool = Field(
+        False,
+        description="Count sends refused at a full subscriber (ZMQ_XPUB_NODROP); the message then reaches no "
+        "subscriber until the stuck one is disconnected, so leave this off with several subscribers",
+    )
     status_interval_s: float = Field(1.0, gt=0, le=60)
     subscriber_grace_ms: int = Field(
         300, ge=0, le=10000,

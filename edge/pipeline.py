@@ -89,6 +89,7 @@ class Pipeline:
             inspector.thresholds,
             self.stats,
             status_provider=self.status,
+            count_send_drops=config.publish.count_send_drops,
         )
 
     def status(self) -> dict:
