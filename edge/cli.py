@@ -122,8 +122,8 @@ def build_run_config(args: argparse.Namespace) -> AppConfig:
             parsed = parse_source_argument(args.source, rate_fps=args.rate)
         except SourceError as error:
             raise ConfigError(str(error)) from error
-        kept = {key: value for key, value in data.get("source", {}).items() if key not in SOURCE_LOCATION_KEYS}
-        data["source"] = {**kept, **parsed.model_dump(mode="json", exclude_unset=True, exclude_none=True)}
+        file_settings = {key: value for key, value in data.get("source", {}).items() if key not in SOURCE_LOCATION_KEYS}
+        data["source"] = {**file_settings, **parsed.model_dump(mode="json", exclude_unset=True, exclude_none=True)}
     elif args.rate is not None:
         data.setdefault("source", {})["rate_fps"] = args.rate
     if args.endpoint is not None:

@@ -281,25 +281,25 @@ class Pipeline:
     def _put_or_reject(self, entry: queue.Queue, part: Part) -> None:
         self._in_flight["acquisition"] = part
         try:
-            while not self.stop_requested.is_set():
-                try:
-                    entry.put(part, timeout=_POLL_S)
-                    return
-                except queue.Full:
-                    continue
-            self._finish(part.reject(RejectReason.SHUTDOWN, "captured while stopping"))
+            if not self._put_until(entry, part, self.stop_requested):
+                self._finish(part.reject(RejectReason.SHUTDOWN, "captured while stopping"))
         finally:
             self._in_flight.pop("acquisition", None)
 
     def _put_blocking(self, target: queue.Queue, item: object) -> None:
         # Downstream stages consume until they receive _END, so this wait ends unless a stage is
         # stuck. A forced stop then sets _abandoned, and the part this thread has is rejected for it.
-        while not self._abandoned.is_set():
+        self._put_until(target, item, self._abandoned)
+
+    def _put_until(self, target: queue.Queue, item: object, give_up: threading.Event) -> bool:
+        """Wait for room in `target`; return False without putting when `give_up` is set first."""
+        while not give_up.is_set():
             try:
                 target.put(item, timeout=_POLL_S)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def _reject_abandoned_parts(self, stuck_threads: list[str]) -> None:
         """Publish every part still queued or held by a stuck stage as REJECT with reason `shutdown`."""

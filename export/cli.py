@@ -103,7 +103,7 @@ def _check_output_folder(out: Path, force: bool) -> None:
         return
     if is_package:
         raise ValueError(f"--out {out} already contains a model package; pass --force to replace it, or choose another folder")
-    raise ValueError(f"--out {out} is not empty and holds no model package; choose an empty or new folder")
+    raise ValueError(f"--out {out} is not empty and contains no model package; choose an empty or new folder")
 
 
 def _parse_roi(text: str) -> Roi:

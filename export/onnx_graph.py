@@ -19,8 +19,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, outpu
         # The TorchScript-based exporter is deprecated since torch 2.9 but still handles these
         # static graphs; the dynamo exporter needs onnxscript, which the line PC never needs.
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        # Static padding sizes are read from traced shapes on purpose (the graph has a fixed
-        # input size), and the exporter reports each unfoldable Slice; neither needs action.
+        # Static padding sizes are read from traced shapes on purpose, because the graph has a
+        # fixed input size. The exporter also reports each Slice it cannot fold. Neither needs action.
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(

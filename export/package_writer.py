@@ -45,7 +45,7 @@ def write_package(
 ) -> Path:
     """Write the package so that a daemon never loads a half-written model (each file is replaced atomically).
 
-    `thresholds` holds `image` and `pixel`, each a dict with at least `value` and `method`.
+    `thresholds` contains `image` and `pixel`, each a dict with at least `value` and `method`.
     `sections` adds kind-specific blocks (backbone, training, the kind's own parameters).
     """
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -121,5 +121,5 @@ def test_foreign_folder_never_overwritten(rendered, tmp_path, capsys):
     code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path), "--force",
                         "--no-progress"])
     assert code == 2
-    assert "holds no model package" in capsys.readouterr().err
+    assert "contains no model package" in capsys.readouterr().err
     assert (tmp_path / "report.docx").read_bytes() == b"keep me"

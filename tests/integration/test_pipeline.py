@@ -56,6 +56,24 @@ def run_in_thread(pipeline: Pipeline) -> tuple[threading.Thread, dict]:
     return thread, holder
 
 
+def run_then_stop(pipeline: Pipeline, collector: Collector, run_s: float) -> tuple[float, int, threading.Thread]:
+    """Run for `run_s`, request a stop and wait for every captured part to arrive.
+
+    Returns the seconds from the stop request to the end of `run`, the frames captured and
+    the pipeline thread (still alive when the stop took too long).
+    """
+    thread, holder = run_in_thread(pipeline)
+    time.sleep(run_s)
+    stop_requested = time.monotonic()
+    pipeline.request_stop()
+    thread.join(timeout=6)
+    stopped_after_s = time.monotonic() - stop_requested
+    frames = holder["summary"]["counters"]["frames"] if "summary" in holder else -1
+    collector.wait_for_results(frames, timeout_s=3)
+    collector.wait_quiet(0.3)
+    return stopped_after_s, frames, thread
+
+
 def test_folder_replay_publishes_every_image(brightness_package, tmp_path):
     write_parts(tmp_path / "images", dark=5, bright=4)
     endpoint = free_tcp_endpoint()
@@ -149,17 +167,9 @@ def test_stop_drains_and_publishes_every_part(brightness_package):
     slow_down(pipeline, 0.05)
 
     with Collector(endpoint) as collector:
-        thread, holder = run_in_thread(pipeline)
-        time.sleep(1.5)
-        stop_requested = time.monotonic()
-        pipeline.request_stop()
-        thread.join(timeout=5)
-        stopped_after_s = time.monotonic() - stop_requested
-        assert not thread.is_alive()
-        frames = holder["summary"]["counters"]["frames"]
-        assert collector.wait_for_results(frames, timeout_s=3)
-        collector.wait_quiet(0.3)
+        stopped_after_s, frames, thread = run_then_stop(pipeline, collector, run_s=1.5)
 
+    assert not thread.is_alive()
     assert stopped_after_s < 3.0
     assert len(collector.results) == frames
     assert len({header["part_id"] for header in collector.results}) == frames
@@ -249,15 +259,7 @@ def test_stuck_stage_still_publishes_at_stop(brightness_package):
 
     pipeline.inspector.model.run = ignore_terminate
     with Collector(endpoint) as collector:
-        thread, holder = run_in_thread(pipeline)
-        time.sleep(1.0)
-        stop_requested = time.monotonic()
-        pipeline.request_stop()
-        thread.join(timeout=6)
-        stopped_after_s = time.monotonic() - stop_requested
-        frames = holder["summary"]["counters"]["frames"]
-        collector.wait_for_results(frames, timeout_s=3)
-        collector.wait_quiet(0.3)
+        stopped_after_s, frames, thread = run_then_stop(pipeline, collector, run_s=1.0)
     never.set()
     time.sleep(0.2)  # let the released stage thread finish while this test still captures its log
 

@@ -122,7 +122,7 @@ def factories():
 
 
 def read_until(source: CameraSource, condition, limit_s: float = 10.0):
-    """Read frames, ignoring timeouts, until `condition(frame)` holds or `limit_s` passes."""
+    """Read frames, ignoring timeouts, until `condition(frame)` is true or `limit_s` passes."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
