@@ -1,4 +1,5 @@
-# Quick start: `make demo` (set up, fit a model on rendered parts, run the daemon, watch results)
+# Quick start: `make demo` (set up, fit a model on rendered parts, run the daemon, watch results,
+# then run a simulated line with PLC and light controller)
 # and `make test` (set up and run the test suite).
 
 PYTHON ?= python3
@@ -9,6 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= build/demo
 DEMO_PARTS ?= 30
 DEMO_RATE ?= 5
+LINE_PARTS ?= 200
 ENDPOINT ?= tcp://127.0.0.1:5556
 PYTEST_ARGS ?=
 
@@ -41,6 +43,8 @@ demo: install
 	wait $$watcher; \
 	echo "--- daemon summary ($(DEMO_DIR)/summary.json, log in $(DEMO_DIR)/daemon.log) ---"; \
 	cat $(DEMO_DIR)/summary.json
+	@echo "--- simulated line: PLC, light controller and reject output on pseudo-terminals ($(LINE_PARTS) parts at 20/s) ---"
+	$(BIN)/edge-inspect demo --model $(DEMO_DIR)/model --parts $(LINE_PARTS)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -45,3 +45,11 @@ def finite_float(text: str) -> float:
 
 
 seed = integer_in(0, MAX_SEED)
+
+
+def fraction(text: str) -> float:
+    """Parse a share between 0 and 1."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is invalid; use a share between 0 and 1, for example 0.3")
+    return value

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from edge.arguments import finite_float, integer_in, positive_float, seed
+from edge.arguments import finite_float, fraction, integer_in, positive_float, seed
 from edge.config import AppConfig, ConfigError, load_config, validate_config
 from edge.log import configure_logging
 
@@ -83,6 +83,23 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=integer_in(64, 4096), default=256, help="image size in pixels, 64 to 4096 (default: 256)")
     synth.add_argument("--seed", type=seed, default=0, help="seed of the rendering; the same seed writes the same images")
     synth.set_defaults(handler=_synth)
+
+    demo = commands.add_parser(
+        "demo", help="run a whole simulated line: camera, light controller, PLC with encoder, reject output",
+        description="Run the daemon against a simulated light controller and PLC on pseudo-terminals; the PLC "
+                    "announces parts, the daemon inspects them and pulses the reject output at the ejector.")
+    demo.add_argument("--parts", type=integer_in(1, 1000000), default=100, help="parts to run (default: 100)")
+    demo.add_argument("--rate", type=positive_float, default=20.0, help="parts per second on the conveyor (default: 20)")
+    demo.add_argument("--model", type=Path, help="model package folder (default: the built-in reference model)")
+    demo.add_argument("--plc", choices=("modbus_rtu", "ascii"), default="modbus_rtu", help="PLC protocol (default: modbus_rtu)")
+    demo.add_argument("--light", choices=("gardasoft", "ccs"), default="gardasoft", help="light controller protocol (default: gardasoft)")
+    demo.add_argument("--defect-rate", type=fraction, default=0.3, help="share of parts rendered with a defect (default: 0.3)")
+    demo.add_argument("--light-fault-at", type=integer_in(1), help="part number at which the light controller loses power")
+    demo.add_argument("--light-fault-parts", type=integer_in(1), default=10, help="parts the light stays off for (default: 10)")
+    demo.add_argument("--endpoint", help="ZeroMQ endpoint for the results, so `watch` can follow (default: an ipc socket)")
+    demo.add_argument("--seed", type=seed, default=0, help="seed of the rendered parts")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -139,6 +156,7 @@ def build_run_config(args: argparse.Namespace) -> AppConfig:
 def _run(args: argparse.Namespace) -> int:
     from edge.acquisition.base import SourceError
     from edge.acquisition.factory import create_source
+    from edge.lineio.base import LineIOError
     from edge.publish.publisher import PublishError
     from edge.pipeline import DaemonError, build_pipeline
 
@@ -167,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         summary = pipeline.run()
-    except (SourceError, PublishError) as error:
+    except (SourceError, PublishError, LineIOError) as error:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_FAILURE
     if received:
@@ -237,6 +255,7 @@ def _check_config(args: argparse.Namespace) -> int:
                         "install onnxruntime-gpu or use CPUExecutionProvider")
     if config.source.path is not None and not config.source.path.exists():
         problems.append(f"source.path: {config.source.path} not found; check the path")
+    problems += _line_io_problems(config)
     if problems:
         for problem in problems:
             print(f"edge-inspect: {args.file}: {problem}", file=sys.stderr)
@@ -244,6 +263,26 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{args.file}: valid; model {package.name} version {package.version} ({package.kind}), "
           f"source {config.source.kind}, publishing on {config.publish.endpoint}")
     return 0
+
+
+def _line_io_problems(config: AppConfig) -> list[str]:
+    """Serial ports that are not there, and device settings the line I/O cannot use."""
+    import glob
+
+    from edge.lineio.base import LineIOError
+    from edge.lineio.line_io import LineIO
+
+    problems = []
+    line_io = config.line_io
+    for key, device in (("light", line_io.light), ("plc", line_io.plc), ("relay", line_io.relay)):
+        if device is not None and not glob.glob(device.serial.port):
+            problems.append(f"line_io.{key}.serial.port: no device at {device.serial.port}; plug it in, or list the "
+                            "stable names with `ls -l /dev/serial/by-id/`")
+    try:
+        LineIO(line_io)
+    except (LineIOError, ValueError) as error:
+        problems.append(f"line_io: {error}")
+    return problems
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -263,6 +302,40 @@ def _synth(args: argparse.Namespace) -> int:
         print(f"edge-inspect synth: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(f"wrote rendered parts to {out} (train/good, test/<kind>, ground_truth/<kind>)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge.demo.simulated_line import DemoError, DemoOptions, run_demo
+
+    configure_logging("warning", "auto")
+    options = DemoOptions(
+        parts=args.parts, rate_pps=args.rate, model=args.model, plc_protocol=args.plc, light_protocol=args.light,
+        defect_rate=args.defect_rate, seed=args.seed, endpoint=args.endpoint,
+        light_fault_at=args.light_fault_at, light_fault_parts=args.light_fault_parts,
+    )
+    try:
+        summary = run_demo(options)
+    except (DemoError, ConfigError) as error:
+        print(f"edge-inspect demo: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        rejected = ", ".join(f"{reason} {count}" for reason, count in summary["rejected"].items()) or "none"
+        timing = summary["timing_error_ms"]
+        print(f"parts {summary['parts']} of {summary['presented']} presented: pass {summary['pass']}, fail {summary['fail']}, "
+              f"rejected {rejected}")
+        print(f"reject pulses at the PLC: {summary['plc_reject_pulses']}, lost parts: {summary['lost']}, "
+              f"timing error p50 {timing['p50']} ms, p99 {timing['p99']} ms")
+        truth = summary["ground_truth"]
+        print(f"against the rendered ground truth ({summary['model']}): {truth['defective_passed']} of "
+              f"{truth['defective']} defective parts passed, {truth['good_failed']} of {truth['good']} good parts failed")
+    expected_pulses = summary["fail"] + sum(summary["rejected"].values())
+    if summary["lost"] or summary["plc_reject_pulses"] != expected_pulses:
+        print(f"edge-inspect demo: {summary['lost']} part(s) lost, {summary['plc_reject_pulses']} pulse(s) for "
+              f"{expected_pulses} failed or rejected part(s)", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

@@ -144,6 +144,198 @@ class PublishConfig(_Section):
         return endpoint
 
 
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+
+
+class SerialPortConfig(_Section):
+    """One serial port. Prefer a `/dev/serial/by-id/...` path: it survives re-plugging, a ttyUSBn name may not."""
+
+    port: str = Field(description="Device path, or a glob such as /dev/serial/by-id/usb-FTDI_* resolved at every (re)open")
+    baudrate: int = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    write_timeout_ms: int = Field(200, ge=10, le=10000)
+    reply_timeout_ms: int = Field(200, ge=10, le=10000, description="Wait for a device's acknowledgement")
+    retries: int = Field(2, ge=0, le=10, description="Retries of a command that was not acknowledged")
+    reopen_backoff_s: list[float] = Field(
+        [0.2, 0.5, 1.0, 2.0, 5.0], min_length=1, description="Waits between reopen attempts after a port failure; the last repeats"
+    )
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baudrate(cls, baudrate: int) -> int:
+        if baudrate not in BAUDRATES:
+            raise ValueError(f"use a standard baud rate: {', '.join(map(str, BAUDRATES))}")
+        return baudrate
+
+    @field_validator("reopen_backoff_s")
+    @classmethod
+    def _positive_waits(cls, waits: list[float]) -> list[float]:
+        if any(not (0 < wait <= 60) for wait in waits):
+            raise ValueError("each wait must be above 0 and at most 60 s")
+        return waits
+
+
+class LightChannelConfig(_Section):
+    """One channel of a light recipe."""
+
+    channel: int = Field(ge=0, le=99)
+    mode: Literal["continuous", "pulse", "off"] = "continuous"
+    percent: float = Field(100.0, ge=0, le=100, allow_inf_nan=False)
+    pulse_width_ms: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False, description="Strobe pulse width (mode pulse)")
+    pulse_delay_ms: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False, description="Strobe delay after the trigger (mode pulse)")
+
+    @model_validator(mode="after")
+    def _pulse_needs_width(self) -> LightChannelConfig:
+        if self.mode == "pulse" and self.pulse_width_ms is None:
+            raise ValueError("mode pulse needs `pulse_width_ms`")
+        return self
+
+
+class LightTemplateConfig(_Section):
+    """Commands of a light controller that has no built-in protocol, as Python format templates."""
+
+    commands: dict[Literal["continuous", "pulse", "off", "trigger"], str] = Field(
+        description="Templates with {channel}, {percent}, {percent_255}, {width_ms}, {delay_ms}; leave out unsupported commands"
+    )
+    terminator: str = "\r\n"
+    checksum: Literal["none", "sum8_hex", "xor8_hex", "lrc_hex"] = "none"
+    reply_terminator: str = "\r\n"
+    ack_pattern: str = "^OK"
+    error_pattern: str | None = "^(ERR|NG)"
+
+
+class LightConfig(_Section):
+    """The light controller and the recipes it is set to, one per product."""
+
+    serial: SerialPortConfig
+    protocol: Literal["gardasoft", "ccs", "template"] = "gardasoft"
+    template: LightTemplateConfig | None = None
+    recipe: str = Field(description="Name of the recipe in `recipes` to apply at start")
+    recipes: dict[str, list[LightChannelConfig]] = Field(min_length=1)
+    check_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="The recipe is sent again this often; parts are rejected (light_fault) while it is not confirmed"
+    )
+    trigger_channel: int | None = Field(None, ge=0, le=99, description="Channel whose strobe a software trigger fires")
+
+    @model_validator(mode="after")
+    def _recipe_exists(self) -> LightConfig:
+        if self.recipe not in self.recipes:
+            raise ValueError(f"recipe {self.recipe!r} is not among the recipes ({', '.join(sorted(self.recipes))}); add it or pick one of them")
+        if self.protocol == "template" and self.template is None:
+            raise ValueError("protocol template needs a `template` section (commands, terminator, checksum, ack_pattern)")
+        return self
+
+
+class ModbusPlcConfig(_Section):
+    """Modbus RTU addresses of the PLC (the station is the master)."""
+
+    unit_id: int = Field(1, ge=1, le=247)
+    reject_kind: Literal["coil", "register"] = Field("coil", description="Function 05 (write single coil) or 06 (write single register)")
+    reject_address: int = Field(0, ge=0, le=65535)
+    on_value: int = Field(1, ge=0, le=65535, description="Register value that switches the ejector on (reject_kind register)")
+    off_value: int = Field(0, ge=0, le=65535)
+    encoder_address: int | None = Field(None, ge=0, le=65534, description="First of two holding registers with the encoder counts, high word first")
+    part_counter_address: int | None = Field(None, ge=0, le=65535, description="Holding register the PLC increments for every part present")
+    latch_address: int | None = Field(
+        None, ge=0, le=65534, description="First of two holding registers with the encoder counts the PLC latched at the last part present"
+    )
+    poll_interval_ms: float = Field(5.0, ge=1, le=1000, allow_inf_nan=False)
+    min_gap_ms: float = Field(0.0, ge=0, le=500, allow_inf_nan=False, description="Silence between requests when a device needs more than 3.5 characters")
+
+
+class AsciiPlcConfig(_Section):
+    """A PLC that exchanges text lines."""
+
+    reject_template: str = Field("REJ {part_id}\n", description="Message sent per rejected part")
+    ack_pattern: str = "^OK$"
+    error_pattern: str | None = "^ERR\\b"
+    trigger_pattern: str | None = Field(
+        "^PART (?P<sequence>\\d+)( (?P<counts>-?\\d+))?$",
+        description="Part-present message; group `sequence` reveals missed triggers, group `counts` is the encoder position the PLC latched",
+    )
+    encoder_pattern: str | None = Field("^ENC (?P<counts>-?\\d+)$", description="Encoder message with group `counts`")
+    line_end: str = "\n"
+
+
+class PlcConfig(_Section):
+    serial: SerialPortConfig
+    protocol: Literal["modbus_rtu", "ascii"] = "modbus_rtu"
+    modbus: ModbusPlcConfig = ModbusPlcConfig()
+    ascii: AsciiPlcConfig = AsciiPlcConfig()
+
+    def has_encoder(self) -> bool:
+        if self.protocol == "modbus_rtu":
+            return self.modbus.encoder_address is not None
+        return self.ascii.encoder_pattern is not None
+
+    def has_trigger(self) -> bool:
+        if self.protocol == "modbus_rtu":
+            return self.modbus.part_counter_address is not None
+        return self.ascii.trigger_pattern is not None
+
+
+class RelayConfig(_Section):
+    """A USB relay board (frames A0 channel state sum) wired to the ejector."""
+
+    serial: SerialPortConfig
+    channel: int = Field(1, ge=1, le=8)
+
+
+class RejectConfig(_Section):
+    """When and how the ejector fires for a failed or uninspected part."""
+
+    output: Literal["plc", "relay"] = "plc"
+    timing: Literal["delay", "encoder"] = Field("delay", description="delay: fixed time from capture; encoder: conveyor distance")
+    delay_ms: float = Field(500.0, gt=0, le=600000, allow_inf_nan=False, description="Time from capture (or trigger) to the ejector")
+    distance_counts: int | None = Field(None, gt=0, description="Encoder counts from the camera to the ejector (timing encoder)")
+    pulse_width_ms: float = Field(50.0, gt=0, le=10000, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _encoder_needs_distance(self) -> RejectConfig:
+        if self.timing == "encoder" and self.distance_counts is None:
+            raise ValueError("timing encoder needs `distance_counts`, the encoder counts from the camera to the ejector")
+        return self
+
+
+class TriggerConfig(_Section):
+    """Source of parts: every frame (free_run), the station's own timer (software), or the PLC (plc)."""
+
+    mode: Literal["free_run", "software", "plc"] = "free_run"
+    period_ms: float | None = Field(None, gt=0, le=600000, allow_inf_nan=False, description="Trigger period of mode software")
+    frame_timeout_ms: int = Field(200, ge=10, le=10000, description="Wait for a frame after a trigger; a part without one is rejected")
+
+    @model_validator(mode="after")
+    def _software_needs_period(self) -> TriggerConfig:
+        if self.mode == "software" and self.period_ms is None:
+            raise ValueError("mode software needs `period_ms`")
+        return self
+
+
+class LineIOConfig(_Section):
+    """Serial line I/O: light controller, PLC, reject output and trigger. Every part is optional."""
+
+    light: LightConfig | None = None
+    plc: PlcConfig | None = None
+    relay: RelayConfig | None = None
+    reject: RejectConfig | None = None
+    trigger: TriggerConfig = TriggerConfig()
+
+    @model_validator(mode="after")
+    def _devices_present(self) -> LineIOConfig:
+        if self.reject is not None:
+            if self.reject.output == "plc" and self.plc is None:
+                raise ValueError("reject.output plc needs a `plc` section")
+            if self.reject.output == "relay" and self.relay is None:
+                raise ValueError("reject.output relay needs a `relay` section")
+            if self.reject.timing == "encoder" and (self.plc is None or not self.plc.has_encoder()):
+                raise ValueError("reject.timing encoder needs a `plc` that reports the encoder (modbus.encoder_address or ascii.encoder_pattern)")
+        if self.trigger.mode == "plc" and (self.plc is None or not self.plc.has_trigger()):
+            raise ValueError("trigger.mode plc needs a `plc` that sends part-present triggers (modbus.part_counter_address or ascii.trigger_pattern)")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, JSON lines otherwise")
@@ -160,6 +352,7 @@ class AppConfig(_Section):
     decision: DecisionConfig = DecisionConfig()
     pipeline: PipelineConfig = PipelineConfig()
     publish: PublishConfig = PublishConfig()
+    line_io: LineIOConfig = LineIOConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

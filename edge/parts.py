@@ -27,6 +27,12 @@ class RejectReason(str, Enum):
     INFERENCE_ERROR = "inference_error"
     DECISION_ERROR = "decision_error"
     SHUTDOWN = "shutdown"
+    # The light controller had not confirmed the recipe, so the image cannot be trusted.
+    LIGHT_FAULT = "light_fault"
+    # The part reached the ejector before its verdict.
+    LATE = "late"
+    # The PLC reported a part that the station never received a trigger for.
+    MISSED_TRIGGER = "missed_trigger"
 
 
 @dataclass(slots=True)

@@ -12,10 +12,16 @@ Queue policy, fail-safe by construction:
   inspected (undecodable frame, preprocessing, inference or decision error, shutdown) is
   published as REJECT with its reason.
 
+With line I/O configured, a part can also be refused at the entry while the light controller
+has not confirmed its recipe (`light_fault`), and the PLC's part-present messages replace free-run
+capture (`trigger.mode: plc`), and a gap in the PLC's part counter makes `missed_trigger` parts.
+Every part is registered with the reject scheduler in capture order. A part that reaches the
+ejector without a verdict is published as REJECT `late` and rejected.
+
 Stopping (SIGTERM, Ctrl-C, end of a finite source or `max_parts`) ends capture first, then the
 stages drain their queues. Parts still queued when `drain_timeout_s` has passed are rejected with
 reason `shutdown` instead of inspected, so the process ends in bounded time with every captured
-part published.
+part published. Parts in transit to the ejector are then served before the ports close.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import structlog
 
 from edge.acquisition.base import FrameSource, SourceTimeout
 from edge.config import AppConfig
+from edge.lineio.base import LineIOError
+from edge.lineio.line_io import LineIO
 from edge.inference.models import ModelOutput
 from edge.inference.watchdog import InferenceWatchdog
 from edge.inspector import Inspector
 from edge.log import RepeatLimiter
-from edge.parts import Part, RejectReason
+from edge.parts import Frame, Part, RejectReason, Verdict
 from edge.inference.package import PackageError
 from edge.inference.session import SessionError
 from edge.preprocess.transform import Roi
@@ -48,6 +56,8 @@ _END = object()
 _POLL_S = 0.1
 # After the drain deadline, stages get this long to finish before their parts are rejected for them.
 FORCED_STOP_GRACE_S = 1.0
+# Maximum wait at stop for parts in transit to reach the ejector.
+MAX_TRANSIT_WAIT_S = 3.0
 STAGE_REJECT_REASONS = {
     "preprocess": RejectReason.PREPROCESS_ERROR,
     "inference": RejectReason.INFERENCE_ERROR,
@@ -59,13 +69,21 @@ class Pipeline:
     """Wires source, inspector stages and publisher; `run` blocks until the pipeline has drained."""
 
     def __init__(
-        self, config: AppConfig, source: FrameSource, inspector: Inspector, stats: PipelineStats | None = None
+        self,
+        config: AppConfig,
+        source: FrameSource,
+        inspector: Inspector,
+        stats: PipelineStats | None = None,
+        line: LineIO | None = None,
     ) -> None:
         self.config = config
         self.source = source
         self.inspector = inspector
+        self.line = line
         self.stats = stats or PipelineStats()
         self.stop_requested = threading.Event()
+        # Set once the line I/O and the source are open and capture runs.
+        self.capture_started = threading.Event()
         self.failure: str | None = None
         self._drain_deadline: float | None = None
         self._next_part_id = 1
@@ -96,7 +114,10 @@ class Pipeline:
         """Return the counters, queue depths and source state for the status message."""
         depths = {name: stage_queue.qsize() for name, stage_queue in self._queues.items()}
         depths["publish"] = self.publisher.queue_depth
-        return self.stats.snapshot(queue_depths=depths, source=self.source.describe())
+        status = self.stats.snapshot(queue_depths=depths, source=self.source.describe())
+        if self.line is not None:
+            status["line_io"] = self.line.describe(drain_recent=True)
+        return status
 
     def request_stop(self) -> None:
         """Stop capture and drain. Safe to call from a signal handler, so it neither logs nor blocks."""
@@ -117,9 +138,16 @@ class Pipeline:
         if self.stop_requested.is_set():
             self._stop_publisher()
             return self.status()
+        if self.line is not None:
+            try:
+                self.line.open(settle=self._settle_at_ejector)
+            except LineIOError:
+                self._stop_publisher()
+                raise
         try:
             self.source.open()
         except Exception:
+            self._close_line()
             self._stop_publisher()
             raise
 
@@ -137,10 +165,12 @@ class Pipeline:
                  model=self.inspector.package.identity())
         for thread in threads:
             thread.start()
+        self.capture_started.set()
         try:
             self._join(threads)
         finally:
             self._watchdog.stop()
+            self._close_line()
             self._stop_publisher()
 
         summary = self.status()
@@ -163,34 +193,24 @@ class Pipeline:
     def _stop_publisher(self) -> None:
         self.publisher.stop(timeout_s=self.config.publish.linger_ms / 1000.0 + 1.0)
 
+    def _close_line(self) -> None:
+        if self.line is None:
+            return
+        reject = self.config.line_io.reject
+        transit_s = reject.delay_ms / 1000.0 + 0.5 if reject is not None and reject.timing == "delay" else MAX_TRANSIT_WAIT_S
+        self.line.close(transit_timeout_s=min(transit_s, MAX_TRANSIT_WAIT_S))
+
     # Stages
 
     def _acquire(self) -> None:
-        entry = self._queues["preprocess"]
-        max_parts = self.config.pipeline.max_parts
-        read_timeout_s = min(self.config.source.read_timeout_ms / 1000.0, 0.5)
         try:
-            while not self.stop_requested.is_set():
-                if max_parts is not None and self._next_part_id > max_parts:
-                    log.info("capture ended: max parts reached", max_parts=max_parts)
-                    break
-                try:
-                    frame = self.source.read(timeout_s=read_timeout_s)
-                except SourceTimeout:
-                    continue
-                if frame is None:
-                    log.info("capture ended: end of source", source=self.source.name)
-                    break
-
-                part = Part(part_id=self._next_part_id, frame=frame)
-                self._next_part_id += 1
-                self.stats.count_frame()
-                if frame.image is None:
-                    self._finish(part.reject(RejectReason.BAD_FRAME, frame.error))
-                elif self.source.live:
-                    self._offer(entry, part)
-                else:
-                    self._put_or_reject(entry, part)
+            mode = self.line.trigger_mode if self.line is not None else "free_run"
+            if mode == "plc":
+                self._acquire_on_plc_trigger()
+            elif mode == "software":
+                self._acquire_on_software_trigger()
+            else:
+                self._acquire_free_run()
             if self.stop_requested.is_set():
                 log.info("capture ended: stop requested", source=self.source.name)
         except Exception as error:  # any source failure ends capture, and the exit code reports it
@@ -202,7 +222,99 @@ class Pipeline:
             except Exception as error:
                 log.error("source close failed", source=self.source.name, error=repr(error))
             # The end of a finite source drains without a deadline; only a stop request sets one.
-            self._put_blocking(entry, _END)
+            self._put_blocking(self._queues["preprocess"], _END)
+
+    def _capture_allowed(self) -> bool:
+        max_parts = self.config.pipeline.max_parts
+        if max_parts is not None and self._next_part_id > max_parts:
+            log.info("capture ended: max parts reached", max_parts=max_parts)
+            return False
+        return not self.stop_requested.is_set()
+
+    def _acquire_free_run(self) -> None:
+        read_timeout_s = min(self.config.source.read_timeout_ms / 1000.0, 0.5)
+        while self._capture_allowed():
+            try:
+                frame = self.source.read(timeout_s=read_timeout_s)
+            except SourceTimeout:
+                continue
+            if frame is None:
+                log.info("capture ended: end of source", source=self.source.name)
+                return
+            self._admit(self._new_part(frame), frame.capture_monotonic_ns, live=self.source.live)
+
+    def _acquire_on_plc_trigger(self) -> None:
+        """Capture one part per part-present message from the PLC, with the newest frame of the camera."""
+        while self._capture_allowed():
+            event, missed = self.line.next_trigger(timeout_s=_POLL_S)
+            if event is None:
+                continue
+            for _ in range(missed):
+                part = self._new_part(Frame(None, time.time_ns(), event.monotonic_ns, "trigger", "no trigger received"))
+                self._admit(part, event.monotonic_ns, live=True, reason=RejectReason.MISSED_TRIGGER,
+                            detail="the PLC counted a part that no trigger message announced",
+                            reference_counts=event.encoder_counts)
+            if not self._triggered_capture(event.monotonic_ns, event.encoder_counts):
+                return
+
+    def _acquire_on_software_trigger(self) -> None:
+        """Capture one part per period of the station's own trigger clock."""
+        period_ns = int(self.config.line_io.trigger.period_ms * 1e6)
+        due_ns = time.monotonic_ns()
+        while self._capture_allowed():
+            wait_s = (due_ns - time.monotonic_ns()) / 1e9
+            if wait_s > 0 and self.stop_requested.wait(wait_s):
+                return
+            trigger_ns = time.monotonic_ns()
+            due_ns += period_ns
+            if due_ns < trigger_ns:
+                due_ns = trigger_ns + period_ns
+            try:
+                self.line.software_trigger()
+            except LineIOError as error:
+                part = self._new_part(Frame(None, time.time_ns(), trigger_ns, "trigger", str(error)))
+                self._admit(part, trigger_ns, live=True, reason=RejectReason.LIGHT_FAULT, detail=f"strobe trigger failed: {error}")
+                continue
+            if not self._triggered_capture(trigger_ns):
+                return
+
+    def _triggered_capture(self, trigger_ns: int, reference_counts: int | None = None) -> bool:
+        """Take the newest frame for a trigger; return False when the source has ended."""
+        timeout_s = self.config.line_io.trigger.frame_timeout_ms / 1000.0
+        try:
+            frame = self.source.read(timeout_s=timeout_s)
+        except SourceTimeout as error:
+            self.line.count_trigger_without_frame()
+            frame = Frame(None, time.time_ns(), trigger_ns, "trigger", f"no frame within {timeout_s * 1000:.0f} ms of the trigger: {error}")
+        if frame is None:
+            log.info("capture ended: end of source", source=self.source.name)
+            return False
+        self._admit(self._new_part(frame), trigger_ns, live=True, reference_counts=reference_counts)
+        return True
+
+    def _new_part(self, frame: Frame) -> Part:
+        part = Part(part_id=self._next_part_id, frame=frame)
+        self._next_part_id += 1
+        self.stats.count_frame()
+        return part
+
+    def _admit(self, part: Part, reference_ns: int, live: bool, reason: RejectReason | None = None,
+               detail: str | None = None, reference_counts: int | None = None) -> None:
+        """Register a new part for the ejector, then queue it or reject it at the entry."""
+        if self.line is not None:
+            self.line.register(part, reference_ns, reference_counts)
+        if reason is None and self.line is not None and not self.line.light_ok():
+            self.line.count_light_fault()
+            reason, detail = RejectReason.LIGHT_FAULT, "the light controller has not confirmed the recipe"
+
+        if reason is not None:
+            self._finish(part.reject(reason, detail))
+        elif part.frame.image is None:
+            self._finish(part.reject(RejectReason.BAD_FRAME, part.frame.error))
+        elif live:
+            self._offer(self._queues["preprocess"], part)
+        else:
+            self._put_or_reject(self._queues["preprocess"], part)
 
     def _stage_loop(self, name: str, work: Callable[[Part], None], downstream: str | None) -> None:
         inbox = self._queues[name]
@@ -220,6 +332,8 @@ class Pipeline:
                 self._in_flight.pop(name, None)
 
     def _process(self, name: str, work: Callable[[Part], None], part: Part, outbox: queue.Queue | None) -> None:
+        if part.finished:
+            return  # published already: it reached the ejector first and was rejected as late
         if self._drain_expired():
             self._finish(part.reject(RejectReason.SHUTDOWN, f"not inspected within the drain timeout, at {name}"))
             return
@@ -270,6 +384,31 @@ class Pipeline:
         part.frame.image = None
         self.stats.record_part(part)
         self.publisher.submit(part)
+
+    def _settle_at_ejector(self, part: Part) -> tuple[bool, bool]:
+        """Called when a part reaches the ejector: return (reject, late).
+
+        A part without a verdict yet is published now as REJECT `late`, and the stage that is
+        still working on it drops it later. The published record is a copy, so no stage thread and the
+        publisher ever touch the same object at once.
+        """
+        with self._finish_lock:
+            if part.finished:
+                return part.verdict is not Verdict.PASS, False
+            part.finished = True
+        frame = part.frame
+        late = Part(
+            part_id=part.part_id,
+            frame=Frame(None, frame.capture_time_ns, frame.capture_monotonic_ns, frame.source_ref),
+            stage_ms=dict(part.stage_ms),
+        )
+        late.reject(RejectReason.LATE, "the part reached the ejector before its verdict")
+        late.finished = True
+        late.stamp_decision()
+        self.stats.record_part(late)
+        self.publisher.submit(late)
+        self._errors.warning("part rejected: late", part_id=part.part_id)
+        return True, True
 
     def _offer(self, entry: queue.Queue, part: Part) -> None:
         try:
@@ -340,7 +479,13 @@ def build_pipeline(config: AppConfig, source: FrameSource) -> Pipeline:
         )
     except (PackageError, SessionError) as error:
         raise DaemonError(str(error)) from error
+    line = None
+    if LineIO.configured(config.line_io):
+        try:
+            line = LineIO(config.line_io)
+        except (LineIOError, ValueError) as error:
+            raise DaemonError(f"cannot set up the line I/O: {error}") from error
     try:
-        return Pipeline(config, source, inspector)
+        return Pipeline(config, source, inspector, line=line)
     except (ValueError, MessageError) as error:
         raise DaemonError(f"cannot publish with this model and config: {error}") from error

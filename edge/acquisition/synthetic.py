@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -444,16 +445,20 @@ class SyntheticSource(FrameSource):
     the frame number and the ground truth, for example "synthetic/000013_scratch". With
     `rate_fps` set the source is live and hands out frames on a monotonic schedule at that rate;
     otherwise each read returns at once.
+
+    `illumination`, when given, returns the light's brightness relative to the nominal recipe
+    (1.0 nominal, 0.0 dark) at the moment of capture, so a simulated light fault shows in the image.
     """
 
     name = "synthetic"
 
-    def __init__(self, config: SourceConfig, size_px: int = 256) -> None:
+    def __init__(self, config: SourceConfig, size_px: int = 256, illumination: Callable[[], float] | None = None) -> None:
         super().__init__()
         if size_px < MIN_SIZE_PX:
             raise ValueError(f"size_px={size_px} is too small to draw a part; use at least {MIN_SIZE_PX}")
         self.config = config
         self.size_px = size_px
+        self.illumination = illumination
         self.live = config.rate_fps is not None
         self._period_ns = round(1e9 / config.rate_fps) if config.rate_fps is not None else 0
         self._reset_counters()
@@ -506,6 +511,8 @@ class SyntheticSource(FrameSource):
         image, source_ref = self._pending
         self._pending = None
         self._frames_read += 1
+        if self.illumination is not None:
+            image = _lit(image, self.illumination())
         return Frame.now(image, source_ref)
 
     def _render(self, index: int) -> tuple[np.ndarray, str]:
@@ -559,6 +566,13 @@ class SyntheticSource(FrameSource):
             "seed": self.config.synthetic_seed,
             "defect_rate": self.config.synthetic_defect_rate,
         }
+
+
+def _lit(image: np.ndarray, relative_brightness: float) -> np.ndarray:
+    """The image as the camera sees it under a light at `relative_brightness` of the nominal one."""
+    if relative_brightness == 1.0:
+        return image
+    return np.clip(image.astype(np.float32) * max(relative_brightness, 0.0), 0, 255).astype(np.uint8)
 
 
 def write_synthetic_dataset(
