@@ -59,11 +59,18 @@ def _build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--json", action="store_true", help="print the summary as JSON at exit")
     watch.set_defaults(handler=_watch)
 
-    evaluate = commands.add_parser("eval", help="evaluate a model package on an MVTec-AD-layout folder",
-                                   description="Score test/good and test/<defect> images exactly as the daemon does.")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a model package on an MVTec-AD-layout folder or on class folders",
+        description="Score test/good and test/<defect> images exactly as the daemon does. With --good, score "
+                    "class folders instead: the named folder holds good parts, every other folder defective parts.")
     evaluate.add_argument("--model", type=Path, required=True, help="model package folder")
-    evaluate.add_argument("--data", type=Path, required=True, help="folder with test/ and ground_truth/")
+    evaluate.add_argument("--data", type=Path, required=True,
+                          help="folder with test/ and ground_truth/, or with one folder per class when --good is given")
+    evaluate.add_argument("--good", metavar="NAME",
+                          help="name of the class folder of good parts; every other folder in --data is defective")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, roc.png and overlays")
+    evaluate.add_argument("--overlays", type=integer_in(0, 100000), default=4,
+                          help="with --good: overlay images written per class (default: 4)")
     evaluate.add_argument("--image-threshold", type=finite_float, help="override the package's image threshold")
     evaluate.add_argument("--pixel-threshold", type=finite_float, help="override the package's pixel threshold")
     evaluate.add_argument("--threads", type=integer_in(1, 256), default=2,
@@ -217,21 +224,22 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from edge.config import InferenceConfig
+    from edge.evaluation.classification_runner import evaluate_classes
     from edge.evaluation.runner import evaluate
     from edge.inference.package import PackageError
 
     configure_logging("warning", "auto")
+    inspector_kwargs = {
+        "inference": InferenceConfig(intra_op_num_threads=args.threads),
+        "image_threshold": args.image_threshold,
+        "pixel_threshold": args.pixel_threshold,
+    }
     try:
-        metrics = evaluate(
-            args.model,
-            args.data,
-            args.out,
-            inspector_kwargs={
-                "inference": InferenceConfig(intra_op_num_threads=args.threads),
-                "image_threshold": args.image_threshold,
-                "pixel_threshold": args.pixel_threshold,
-            },
-        )
+        if args.good is not None:
+            metrics = evaluate_classes(args.model, args.data, args.out, args.good, inspector_kwargs,
+                                       overlays_per_class=args.overlays)
+        else:
+            metrics = evaluate(args.model, args.data, args.out, inspector_kwargs=inspector_kwargs)
     except (PackageError, ValueError, OSError) as error:
         print(f"edge-inspect eval: {error}", file=sys.stderr)
         return EXIT_USAGE

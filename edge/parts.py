@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge.preprocess.ring_input import ModelInput
 
 
 class Verdict(str, Enum):
@@ -33,6 +37,8 @@ class RejectReason(str, Enum):
     LATE = "late"
     # The PLC reported a part that the station never received a trigger for.
     MISSED_TRIGGER = "missed_trigger"
+    # A ring model found no ring on the part (not in view, out of focus, a different part).
+    RING_NOT_FOUND = "ring_not_found"
 
 
 @dataclass(slots=True)
@@ -60,21 +66,29 @@ class Region:
     """A connected defect region of the anomaly map above the pixel threshold.
 
     Coordinates are pixels of the captured frame, so they stay meaningful whatever the model's
-    input size and ROI.
+    input size and ROI. Ring models also locate the peak on the part's ring: `peak_angle_deg`
+    (0 at the image +x axis, clockwise on screen) and `peak_radius_px` (from the ring centre).
+    Both are None for other models.
     """
 
     area_px: int
     bbox_xywh: tuple[int, int, int, int]
     peak_score: float
     peak_xy: tuple[int, int]
+    peak_angle_deg: float | None = None
+    peak_radius_px: float | None = None
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "area_px": self.area_px,
             "bbox_xywh": list(self.bbox_xywh),
             "peak_score": self.peak_score,
             "peak_xy": list(self.peak_xy),
         }
+        if self.peak_angle_deg is not None and self.peak_radius_px is not None:
+            data["peak_angle_deg"] = self.peak_angle_deg
+            data["peak_radius_px"] = self.peak_radius_px
+        return data
 
 
 @dataclass(slots=True)
@@ -83,7 +97,8 @@ class Part:
 
     part_id: int
     frame: Frame
-    tensor: np.ndarray | None = None
+    # Inference drops the input's tensor and keeps the ring geometry that the decision maps the result back with.
+    model_input: ModelInput | None = None
     anomaly_map: np.ndarray | None = None
     image_score: float | None = None
     verdict: Verdict | None = None
@@ -103,7 +118,7 @@ class Part:
         self.verdict = Verdict.REJECT
         self.reason = reason
         self.detail = detail
-        self.tensor = None
+        self.model_input = None
         self.anomaly_map = None
         self.regions = []
         return self

@@ -45,6 +45,7 @@ from edge.log import RepeatLimiter
 from edge.parts import Frame, Part, RejectReason, Verdict
 from edge.inference.package import PackageError
 from edge.inference.session import SessionError
+from edge.preprocess.ring import RingNotFound
 from edge.preprocess.transform import Roi
 from edge.publish.messages import MessageError
 from edge.publish.publisher import ResultPublisher
@@ -341,6 +342,12 @@ class Pipeline:
         started = time.perf_counter()
         try:
             work(part)
+        except RingNotFound as error:
+            # A part without a visible ring is a property of the part, not a stage failure.
+            part.stage_ms[name] = (time.perf_counter() - started) * 1000.0
+            self._errors.warning("part rejected: ring not found", part_id=part.part_id, error=str(error))
+            self._finish(part.reject(RejectReason.RING_NOT_FOUND, str(error)))
+            return
         except Exception as error:  # one part's failure must never stop the line
             part.stage_ms[name] = (time.perf_counter() - started) * 1000.0
             self._errors.error(f"{name} failed", part_id=part.part_id, error=repr(error))
@@ -354,23 +361,26 @@ class Pipeline:
             self._put_blocking(outbox, part)
 
     def _preprocess(self, part: Part) -> None:
-        part.tensor = self.inspector.preprocessor(part.frame.image)
+        part.model_input = self.inspector.preprocess(part.frame.image)
 
     def _infer(self, part: Part) -> None:
-        output = self._watchdog.run(lambda run_options: self.inspector.model.run(part.tensor, run_options))
+        output = self._watchdog.run(lambda run_options: self.inspector.infer(part.model_input, run_options))
         if not math.isfinite(output.image_score):
             raise ValueError(f"the model returned a non-finite image score ({output.image_score})")
         part.anomaly_map = output.anomaly_map
         part.image_score = output.image_score
-        part.tensor = None
+        # The decision needs the ring geometry only; a part rejected meanwhile has no input left.
+        if part.model_input is not None:
+            part.model_input = part.model_input.without_tensor()
 
     def _decide(self, part: Part) -> None:
         output = ModelOutput(part.anomaly_map, part.image_score)
-        frame_shape = part.frame.image.shape
-        to_frame = self.inspector.preprocessor.map_to_frame(frame_shape, output.anomaly_map.shape)
-        part.verdict, part.regions = self.inspector.decider.decide(output, to_frame)
+        decision = self.inspector.decide(output, part.model_input, part.frame.image.shape)
+        part.verdict, part.regions = decision.verdict, decision.regions
+        part.anomaly_map = decision.anomaly_map
         part.reason = None
-        part.map_frame_xywh = self.inspector.preprocessor.covered_area(frame_shape)
+        part.map_frame_xywh = decision.map_frame_xywh
+        part.model_input = None
 
     # Hand-over and publishing
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from edge.preprocess.transform import PreprocessSpec
+from edge.preprocess.transform import NORMALIZATIONS, PreprocessSpec
 from export.package_writer import write_package
 
 
@@ -16,14 +16,18 @@ def make_brightness_package(
     size_px: int = 32,
     image_threshold: float = 0.5,
     pixel_threshold: float = 0.5,
+    width_px: int | None = None,
+    ring: dict | None = None,
 ) -> Path:
     """Write a `padim`-kind package whose anomaly map is the channel mean of the input tensor.
 
     With the tf normalisation a black pixel scores -1 and a white pixel about +1, so a bright
-    spot on a dark frame fails and a dark frame passes.
+    spot on a dark frame fails and a dark frame passes. The input is size_px high and
+    `width_px` (default size_px) wide. `ring` becomes the package's `ring` section.
     """
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size_px, size_px])
-    anomaly_map = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, size_px, size_px])
+    width_px = width_px or size_px
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size_px, width_px])
+    anomaly_map = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, size_px, width_px])
     image_score = helper.make_tensor_value_info("image_score", TensorProto.FLOAT, [1])
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["anomaly_map"], axes=[1], keepdims=1),
@@ -39,11 +43,74 @@ def make_brightness_package(
         kind="padim",
         name="brightness",
         version="test-1",
-        preprocess=PreprocessSpec.with_normalization(size_px, "tf"),
+        preprocess=_tf_spec(size_px, width_px),
         thresholds={
             "image": {"value": image_threshold, "method": "fixed for tests"},
             "pixel": {"value": pixel_threshold, "method": "fixed for tests"},
         },
         onnx_info={"opset": 17, "input": "image", "outputs": ["anomaly_map", "image_score"]},
-        sections={},
+        sections={} if ring is None else {"ring": ring},
     )
+
+
+def make_tile_classifier_package(
+    out_dir: Path,
+    tile_height_px: int = 16,
+    tile_width_px: int = 16,
+    threshold: float = 0.5,
+    cam_pool_px: int = 4,
+    ring: dict | None = None,
+) -> Path:
+    """Write a `tile_classifier`-kind package whose tile probability is the tile's mean brightness.
+
+    The defect probability of a tile is (mean of its normalised values + 1) / 2, which for the
+    tf normalisation is (mean grey level + 0.5) / 256: a black tile scores 0.002 and a white one
+    0.998. The CAM is the channel mean after ReLU (so only pixels above grey level 127.5
+    count), then average-pooled over cam_pool_px x cam_pool_px blocks. `ring` is the package's
+    `ring` section (None writes all entries null, which makes the whole frame one tile).
+    """
+    tiles = helper.make_tensor_value_info("tiles", TensorProto.FLOAT, ["N", 3, tile_height_px, tile_width_px])
+    probability = helper.make_tensor_value_info("defect_probability", TensorProto.FLOAT, ["N"])
+    cam_height, cam_width = tile_height_px // cam_pool_px, tile_width_px // cam_pool_px
+    cam = helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", cam_height, cam_width])
+    constants = [
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("channel_axis", TensorProto.INT64, [1], [1]),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["tiles"], ["tile_mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Add", ["tile_mean", "one"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "half"], ["scaled"]),
+        helper.make_node("Clip", ["scaled", "zero", "one"], ["defect_probability"]),
+        helper.make_node("ReduceMean", ["tiles"], ["channel_mean"], axes=[1], keepdims=1),
+        helper.make_node("Relu", ["channel_mean"], ["positive"]),
+        helper.make_node(
+            "AveragePool", ["positive"], ["pooled"], kernel_shape=[cam_pool_px, cam_pool_px], strides=[cam_pool_px, cam_pool_px]
+        ),
+        helper.make_node("Squeeze", ["pooled", "channel_axis"], ["cam"]),
+    ]
+    graph = helper.make_graph(nodes, "tile_brightness", [tiles], [probability, cam], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+
+    return write_package(
+        out_dir,
+        model.SerializeToString(),
+        kind="tile_classifier",
+        name="tile-brightness",
+        version="test-1",
+        preprocess=_tf_spec(tile_height_px, tile_width_px),
+        thresholds={
+            "image": {"value": threshold, "method": "fixed for tests"},
+            "pixel": {"value": threshold, "method": "fixed for tests"},
+        },
+        onnx_info={"opset": 17, "input": "tiles", "outputs": ["defect_probability", "cam"]},
+        sections={"ring": ring if ring is not None else {"search": None, "unwrap": None, "tiles": None}},
+    )
+
+
+def _tf_spec(height_px: int, width_px: int) -> PreprocessSpec:
+    mean, std = NORMALIZATIONS["tf"]
+    return PreprocessSpec(height_px, width_px, normalization="tf", mean=mean, std=std)

@@ -1,0 +1,192 @@
+"""`edge-inspect eval --good NAME`: score a model on class folders, as the daemon would.
+
+Expected layout under the data folder: one folder per class, for example
+
+    ok_front/*       the good class, named by --good
+    def_front/*      defective parts; every folder besides the good one is a defective class
+
+Every image goes through `Inspector.inspect`, the preprocessing, model and decision that the
+daemon runs. A part counts as predicted defective when its verdict is FAIL, or when its ring
+is not found (the daemon rejects such a part).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import structlog
+
+from edge.evaluation.classification import ClassifiedPart, classification_metrics
+from edge.evaluation.report import write_roc_report
+from edge.evaluation.runner import METRICS_FILE, ROC_FILE, _enlarge_small, _images_in, _json_safe, _Progress, _read_image
+from edge.inspector import Inspection, Inspector
+from edge.parts import Verdict
+from edge.preprocess.ring import Ring, RingNotFound, draw_ring
+from edge.visualize import overlay_anomaly_map
+
+log = structlog.get_logger(__name__)
+
+OVERLAY_FOLDER = "overlays"
+
+
+@dataclass(frozen=True)
+class ClassImage:
+    """One image of a class folder."""
+
+    path: Path
+    class_name: str
+    defective: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.class_name}/{self.path.name}"
+
+
+def list_class_images(data_dir: Path, good: str) -> list[ClassImage]:
+    """Return the good class's images, then each defective class's images, sorted by name.
+
+    Raises ValueError naming the folder when the data folder or the good class folder is
+    missing, when there is no defective class folder, or when a class folder has no images.
+    """
+    if not data_dir.is_dir():
+        raise ValueError(f"data folder {data_dir} is missing; pass a folder with one subfolder per class")
+    class_dirs = sorted(path for path in data_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
+    names = [path.name for path in class_dirs]
+    if good not in names:
+        raise ValueError(
+            f"good class folder {data_dir / good} is missing (class folders: {', '.join(names) or 'none'}); "
+            "pass the name of the good parts' folder with --good"
+        )
+    defect_dirs = [path for path in class_dirs if path.name != good]
+    if not defect_dirs:
+        raise ValueError(
+            f"{data_dir} has no defective class folder besides {good}; add a folder of defective parts next to it"
+        )
+
+    images = [ClassImage(path, good, False) for path in _images_in(data_dir / good)]
+    for defect_dir in defect_dirs:
+        images += [ClassImage(path, defect_dir.name, True) for path in _images_in(defect_dir)]
+    return images
+
+
+def evaluate_classes(
+    model_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    good: str,
+    inspector_kwargs: dict[str, Any] | None = None,
+    overlays_per_class: int = 4,
+) -> dict[str, Any]:
+    """Inspect every image, write metrics.json, roc.png and overlays/ to `out_dir`, return the metrics.
+
+    `overlays/` receives the first `overlays_per_class` images of each class (by name), with
+    the anomaly map, the regions and the ring drawn. Undefined metrics (NaN) are written as None.
+    """
+    if overlays_per_class < 0:
+        raise ValueError(f"overlays_per_class is {overlays_per_class}; pass 0 or more")
+    model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
+    started = time.perf_counter()
+    images = list_class_images(data_dir, good)
+    inspector = Inspector.from_path(model_dir, **(inspector_kwargs or {}))
+    log.info("evaluation started", model=inspector.package.identity(), data_dir=str(data_dir), images=len(images), good=good)
+
+    progress = _Progress(len(images))
+    parts: list[ClassifiedPart] = []
+    overlay_dir = out_dir / OVERLAY_FOLDER
+    overlay_dir.mkdir(parents=True, exist_ok=True)
+    for stale in overlay_dir.glob("*.png"):
+        stale.unlink()
+    written: dict[str, int] = {}
+
+    for index, class_image in enumerate(images):
+        progress.update(index, class_image.name)
+        image = _read_image(class_image.path, cv2.IMREAD_COLOR)
+        try:
+            inspection = inspector.inspect(image)
+        except RingNotFound as error:
+            log.info("ring not found", image=class_image.name, error=str(error))
+            inspection = None
+        parts.append(_classified(class_image, inspection))
+
+        if written.get(class_image.class_name, 0) < overlays_per_class:
+            written[class_image.class_name] = written.get(class_image.class_name, 0) + 1
+            _write_overlay(inspector, image, class_image, inspection, overlay_dir)
+    progress.finish()
+
+    metrics = classification_metrics(parts)
+    metrics = _json_safe({
+        "model": inspector.package.identity(),
+        "data_dir": str(data_dir),
+        "good_class": good,
+        "image_threshold": inspector.thresholds.image,
+        "pixel_threshold": inspector.thresholds.pixel,
+        **metrics,
+    })
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+    # Parts without a ring have no score, so the histogram and ROC of the report show the scored parts.
+    scored = [part for part in parts if part.image_score is not None]
+    write_roc_report(
+        out_dir / ROC_FILE,
+        np.array([int(part.defective) for part in scored]),
+        np.array([part.image_score for part in scored]),
+        inspector.thresholds.image,
+        f"{inspector.package.name} {inspector.package.version} on {data_dir.name}",
+    )
+    log.info(
+        "evaluation finished", out_dir=str(out_dir), accuracy=metrics["accuracy"], roc_auc=metrics["roc_auc"],
+        ring_not_found=metrics["ring_not_found"], elapsed_s=round(time.perf_counter() - started, 2),
+    )
+    return metrics
+
+
+def _classified(class_image: ClassImage, inspection: Inspection | None) -> ClassifiedPart:
+    if inspection is None:
+        return ClassifiedPart(class_image.class_name, class_image.defective, None, Verdict.REJECT)
+    return ClassifiedPart(class_image.class_name, class_image.defective, inspection.image_score, inspection.verdict)
+
+
+def _write_overlay(
+    inspector: Inspector, image: np.ndarray, class_image: ClassImage, inspection: Inspection | None, overlay_dir: Path
+) -> None:
+    """Write the image with its anomaly map, regions, ring and a caption."""
+    threshold = inspector.thresholds.image
+    if inspection is None:
+        label = f"{class_image.name}: REJECT ring not found"
+        anomaly_map, regions, ring = np.zeros(image.shape[:2], np.float32), [], None
+    else:
+        label = f"{class_image.name}: {inspection.verdict.value} score {inspection.image_score:.4g} (threshold {threshold:.4g})"
+        anomaly_map, regions, ring = inspection.anomaly_map, inspection.regions, inspection.ring
+
+    enlarged, regions, roi = _enlarge_small(image, regions, inspector.preprocessor.roi)
+    factor = enlarged.shape[0] // image.shape[0]
+    scale_max = 2.0 * inspector.thresholds.pixel if inspector.thresholds.pixel > 0 else max(float(np.max(anomaly_map)), 1e-6)
+    overlay = overlay_anomaly_map(enlarged, anomaly_map, scale_max, regions=regions, roi=roi, label=label)
+    if ring is not None:
+        overlay = draw_ring(overlay, _scaled_ring(ring, factor))
+
+    path = overlay_dir / f"{class_image.class_name}_{class_image.path.stem}.png"
+    if not cv2.imwrite(str(path), overlay):
+        raise OSError(f"could not write overlay {path}; check that the folder is writable")
+
+
+def _scaled_ring(ring: Ring, factor: int) -> Ring:
+    """Return the ring on an image enlarged by a whole factor with nearest-neighbour sampling."""
+    if factor == 1:
+        return ring
+    # Pixel i of the original covers pixels i * factor to (i + 1) * factor - 1 of the enlarged image.
+    shift = (factor - 1) / 2.0
+    return dataclasses.replace(
+        ring,
+        centre_x=ring.centre_x * factor + shift,
+        centre_y=ring.centre_y * factor + shift,
+        inner_radius_px=ring.inner_radius_px * factor,
+        outer_radius_px=ring.outer_radius_px * factor,
+    )
