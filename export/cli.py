@@ -12,6 +12,8 @@ from edge.log import configure_logging
 from edge.preprocess.transform import INTERPOLATIONS, NORMALIZATIONS, Roi
 
 BACKBONE_CHOICES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
+# The same names as export.tile_nets.ARCHITECTURES, repeated so that --help does not import torch.
+TILE_ARCHITECTURES = ("efficientnet_lite0", "squeezenet1_1", "resnet18")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +64,42 @@ def _build_parser() -> argparse.ArgumentParser:
     padim.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     padim.add_argument("--force", action="store_true", help="replace an existing model package in --out")
     padim.set_defaults(handler=_run_padim)
+
+    tiles = commands.add_parser(
+        "tiles",
+        help="train a tile classifier on good and defective parts (SDD-CNN)",
+        description="Unwrap each part's ring into tiles, train a CNN that scores every tile, set the tile "
+                    "threshold on validation parts, evaluate on test parts and write a model package.",
+    )
+    tiles.add_argument("--data", type=Path, required=True,
+                       help="folder with one subfolder of images per class: the good class and at least one defect class")
+    tiles.add_argument("--out", type=Path, required=True, help="model package folder to write")
+    tiles.add_argument("--good", default="good", help="name of the good class folder in --data (default: good)")
+    tiles.add_argument("--arch", choices=TILE_ARCHITECTURES, default="efficientnet_lite0",
+                       help="network (default: efficientnet_lite0 with its bundled ImageNet weights; the others "
+                            "train from scratch unless --weights is given)")
+    tiles.add_argument("--weights", type=Path,
+                       help="local torchvision state dict of the whole --arch network to start from")
+    tiles.add_argument("--unwrap", action=argparse.BooleanOptionalAction, default=True,
+                       help="unwrap each part's ring into a strip and cut it into tiles (default); with --no-unwrap "
+                            "the whole frame, resized to the tile size, is the one tile")
+    tiles.add_argument("--tile-size", type=integer_in(32, 512), default=96,
+                       help="tile side in pixels, a multiple of 16; also the strip height (default: 96)")
+    tiles.add_argument("--stride", type=integer_in(1, 512),
+                       help="step between tiles along the strip in pixels (default: half the tile size)")
+    tiles.add_argument("--epochs", type=integer_in(1, 1000), default=15,
+                       help="maximum epochs of the final training, which stops early on the validation loss (default: 15)")
+    tiles.add_argument("--plain", action="store_true",
+                       help="train plainly on every tile with its image label: no coarse model, label dilation, "
+                            "semi-supervised augmentation or class balancing (for comparison)")
+    tiles.add_argument("--seed", type=seed, default=0, help="seed of the split, the initialisation and the sampling")
+    tiles.add_argument("--threads", type=integer_in(1, 256),
+                       help="CPU threads for PyTorch (default: PyTorch's choice, one per core)")
+    tiles.add_argument("--name", help="model name in the package (default: the --out folder name)")
+    tiles.add_argument("--model-version", help="model version string (default: the creation time, UTC)")
+    tiles.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    tiles.add_argument("--force", action="store_true", help="replace an existing model package in --out")
+    tiles.set_defaults(handler=_run_tiles)
     return parser
 
 
@@ -88,6 +126,32 @@ def _run_padim(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = fit_padim(options)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_tiles(args: argparse.Namespace) -> int:
+    from export.tile_export import TilesOptions, export_tiles
+
+    _check_output_folder(args.out, args.force)
+    options = TilesOptions(
+        data_dir=args.data,
+        out_dir=args.out,
+        good=args.good,
+        arch=args.arch,
+        weights=args.weights,
+        unwrap=args.unwrap,
+        tile_size=args.tile_size,
+        stride=args.stride,
+        epochs=args.epochs,
+        plain=args.plain,
+        seed=args.seed,
+        threads=args.threads,
+        name=args.name,
+        model_version=args.model_version,
+        progress=not args.no_progress,
+    )
+    summary = export_tiles(options)
     print(json.dumps(summary, indent=2))
     return 0
 
