@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import structlog
 import torch
 from tqdm import tqdm
 
-from edge.preprocess.transform import PreprocessSpec, Preprocessor, Roi
+from edge.preprocess.polar import UnwrapSpec
+from edge.preprocess.ring import RingSearch
+from edge.preprocess.ring_input import RingSection, strip_for_model
+from edge.preprocess.transform import NORMALIZATIONS, PreprocessSpec, Preprocessor, Roi
 from export.backbones import build_backbone
-from export.images import list_images, split_calibration, tensor_batches
+from export.images import list_images, read_image, split_calibration, tensor_batches
 from export.onnx_graph import OPSET, export_onnx
 from export.package_writer import file_list_sha256, write_package
 from export.padim import (
@@ -59,6 +64,11 @@ class PadimOptions:
     name: str | None = None
     model_version: str | None = None
     progress: bool = True
+    # Fit on the unwrapped ring of each part (strip_size is the model input, height x width), and
+    # optionally turn every strip to the angle of a reference strip first.
+    unwrap: bool = False
+    align: bool = False
+    strip_size: tuple[int, int] = (64, 512)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class FittedPadim:
 
     graph: PadimGraph
     spec: PreprocessSpec
+    ring: RingSection
     images: list[Path]
     fitting: list[Path]
     calibration: list[Path]
@@ -82,18 +93,20 @@ def fit(options: PadimOptions) -> FittedPadim:
         raise ValueError(
             f"--target-false-reject {options.target_false_reject} is invalid; use a rate above 0 and below 0.5, such as 0.005 (0.5%)"
         )
-    if options.image_size % 16 != 0 or options.image_size < 64:
-        raise ValueError(f"--image-size {options.image_size} is invalid; use a multiple of 16 of at least 64, such as 224")
+    input_height, input_width = model_input_size(options)
     torch.manual_seed(options.seed)
 
     images = list_images(options.train_dir)
     fitting, calibration = split_calibration(images, options.calibration_fraction, options.seed)
     backbone = build_backbone(options.backbone, options.weights)
     normalization = options.normalization or backbone.default_normalization
-    spec = PreprocessSpec.with_normalization(
-        options.image_size, normalization, resize_interpolation=options.interpolation, roi=options.roi
-    )
-    preprocessor = Preprocessor(spec)
+    mean, std = NORMALIZATIONS[normalization] if normalization in NORMALIZATIONS else (None, None)
+    if mean is None:
+        raise ValueError(f"--normalization {normalization!r} is unknown; use one of {sorted(NORMALIZATIONS)}")
+    spec = PreprocessSpec(input_height, input_width, resize_interpolation=options.interpolation,
+                          normalization=normalization, mean=mean, std=std, roi=options.roi)
+    ring = ring_section_for(options, fitting)
+    preprocessor = ImagePreprocessor(spec, ring)
     if len(fitting) < RECOMMENDED_FITTING_IMAGES or len(calibration) < RECOMMENDED_CALIBRATION_IMAGES:
         log.warning(
             "few good images: the model and its thresholds will be unreliable",
@@ -106,10 +119,10 @@ def fit(options: PadimOptions) -> FittedPadim:
              backbone=backbone.name, normalization=normalization, image_size=options.image_size)
 
     channel_indices = select_channels(sum(backbone.channels), options.channels, options.seed)
-    _check_model_size(options.image_size, len(channel_indices))
+    positions = (input_height // FEATURE_STRIDE) * (input_width // FEATURE_STRIDE)
+    _check_model_size(positions, len(channel_indices))
     index_tensor = torch.as_tensor(channel_indices, dtype=torch.long)
-    grid = options.image_size // FEATURE_STRIDE
-    accumulator = GaussianAccumulator(len(channel_indices), grid * grid)
+    accumulator = GaussianAccumulator(len(channel_indices), positions)
     with torch.inference_mode():
         batches = tensor_batches(fitting, preprocessor, options.batch_size)
         for _, batch in _progress(batches, len(fitting), "fitting", options.progress):
@@ -117,11 +130,12 @@ def fit(options: PadimOptions) -> FittedPadim:
     mean, covariance = accumulator.mean_and_covariance()
     inverse_covariance = invert_covariances(covariance)
 
-    graph = PadimGraph(backbone, channel_indices, mean, inverse_covariance, (options.image_size, options.image_size))
+    graph = PadimGraph(backbone, channel_indices, mean, inverse_covariance, (input_height, input_width))
     graph.eval()
     return FittedPadim(
         graph=graph,
         spec=spec,
+        ring=ring,
         images=images,
         fitting=fitting,
         calibration=calibration,
@@ -140,10 +154,11 @@ def fit_padim(options: PadimOptions) -> dict:
 
     # Score the held-out good images with the exported graph itself, so the thresholds are set
     # on exactly the scores the daemon will compute.
-    example = torch.zeros(1, 3, options.image_size, options.image_size)
+    input_height, input_width = fitted.spec.input_height, fitted.spec.input_width
+    example = torch.zeros(1, 3, input_height, input_width)
     onnx_bytes = export_onnx(fitted.graph, example, "image", ["anomaly_map", "image_score"])
     maps, scores, parity = _score_calibration(
-        fitted.graph, onnx_bytes, fitted.calibration, Preprocessor(fitted.spec), options.progress
+        fitted.graph, onnx_bytes, fitted.calibration, ImagePreprocessor(fitted.spec, fitted.ring), options.progress
     )
     image_threshold = image_threshold_from_good(scores, options.target_false_reject)
     pixel_threshold = pixel_threshold_from_good(maps, options.target_false_reject)
@@ -162,7 +177,7 @@ def fit_padim(options: PadimOptions) -> dict:
         onnx_info={
             "opset": OPSET,
             "input": "image",
-            "input_shape": [1, 3, options.image_size, options.image_size],
+            "input_shape": [1, 3, input_height, input_width],
             "outputs": ["anomaly_map", "image_score"],
             "export_parity": parity,
         },
@@ -181,6 +196,7 @@ def fit_padim(options: PadimOptions) -> dict:
                 "covariance_regularization": COVARIANCE_REGULARIZATION,
                 "gaussian_sigma": GAUSSIAN_SIGMA,
             },
+            **({"ring": fitted.ring.to_dict()} if fitted.ring.unwraps else {}),
             "training": {
                 "image_count": len(fitted.fitting),
                 "calibration_count": len(fitted.calibration),
@@ -203,16 +219,63 @@ def fit_padim(options: PadimOptions) -> dict:
     return summary
 
 
-def _check_model_size(image_size: int, channels: int) -> None:
+def _check_model_size(positions: int, channels: int) -> None:
     """Fail before fitting when the inverse covariances would not fit in one ONNX file."""
-    positions = (image_size // FEATURE_STRIDE) ** 2
     size_bytes = positions * channels * channels * 4
     if size_bytes > MAX_ONNX_BYTES:
         raise ValueError(
-            f"--image-size {image_size} with --channels {channels} needs {size_bytes / 2**30:.1f} GiB of inverse "
+            f"{positions} anomaly-map positions with --channels {channels} need {size_bytes / 2**30:.1f} GiB of inverse "
             f"covariances, more than the {MAX_ONNX_BYTES / 2**30:.1f} GiB an ONNX file can hold without external "
-            "data; lower --channels or --image-size"
+            "data; lower --channels, --image-size or --strip-size"
         )
+
+
+def model_input_size(options: PadimOptions) -> tuple[int, int]:
+    """Return the model input (height, width): the square image size, or the strip size when unwrapping."""
+    if options.align and not options.unwrap:
+        raise ValueError("--align turns unwrapped strips; add --unwrap")
+    if options.unwrap:
+        height, width = options.strip_size
+        if height % 16 or width % 16 or height < 32 or width < 64:
+            raise ValueError(
+                f"--strip-size {height}x{width} is invalid; use multiples of 16, at least 32x64, such as 64x512"
+            )
+        return height, width
+    if options.image_size % 16 != 0 or options.image_size < 64:
+        raise ValueError(f"--image-size {options.image_size} is invalid; use a multiple of 16 of at least 64, such as 224")
+    return options.image_size, options.image_size
+
+
+# Size of the grey reference strip stored for angular alignment: few rows, enough columns for
+# the angular resolution (360 / 256 = 1.4 degrees).
+ALIGNMENT_REFERENCE_SIZE = (16, 256)
+
+
+def ring_section_for(options: PadimOptions, fitting: list[Path]) -> RingSection:
+    """Build the `ring` section: none, unwrapping only, or unwrapping with a reference strip for alignment."""
+    if not options.unwrap:
+        return RingSection()
+    section = RingSection(search=RingSearch(), unwrap=UnwrapSpec(radial_px=options.strip_size[0]))
+    if not options.align:
+        return section
+    # The first fitting image sets the canonical angle; every other strip is turned to match it.
+    strip = strip_for_model(read_image(fitting[0]), section)
+    grey = cv2.cvtColor(strip, cv2.COLOR_BGR2GRAY) if strip.ndim == 3 else strip
+    reference = cv2.resize(grey, ALIGNMENT_REFERENCE_SIZE[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
+    return dataclasses.replace(section, alignment_reference=reference)
+
+
+class ImagePreprocessor:
+    """The daemon's input for one image: the whole frame, or the part's aligned strip, preprocessed."""
+
+    def __init__(self, spec: PreprocessSpec, ring: RingSection) -> None:
+        self.preprocessor = Preprocessor(spec)
+        self.ring = ring
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.ring.unwraps:
+            image = strip_for_model(image, self.ring)
+        return self.preprocessor(image)
 
 
 def _score_calibration(
