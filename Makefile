@@ -41,8 +41,8 @@ demo: install
 		tail -n 15 $(DEMO_DIR)/daemon.log; exit $$status; \
 	fi; \
 	wait $$watcher; \
-	echo "--- daemon summary ($(DEMO_DIR)/summary.json, log in $(DEMO_DIR)/daemon.log) ---"; \
-	cat $(DEMO_DIR)/summary.json
+	echo "--- daemon counters (all of it in $(DEMO_DIR)/summary.json, log in $(DEMO_DIR)/daemon.log) ---"; \
+	$(BIN)/python -c "import json; s = json.load(open('$(DEMO_DIR)/summary.json')); print(s['counters']); print('rejected by reason:', {k: v for k, v in s['rejected_by_reason'].items() if v})"
 	@echo "--- simulated line: PLC, light controller and reject output on pseudo-terminals ($(LINE_PARTS) parts at 20/s) ---"
 	$(BIN)/edge-inspect demo --model $(DEMO_DIR)/model --parts $(LINE_PARTS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -96,13 +97,13 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Run the daemon against a simulated light controller and PLC on pseudo-terminals; the PLC "
                     "announces parts, the daemon inspects them and pulses the reject output at the ejector.")
     demo.add_argument("--parts", type=integer_in(1, 1000000), default=100, help="parts to run (default: 100)")
-    demo.add_argument("--rate", type=positive_float, default=20.0, help="parts per second on the conveyor (default: 20)")
+    demo.add_argument("--rate", type=positive_float, default=20.0, help="parts per second on the conveyor, at most 100 (default: 20)")
     demo.add_argument("--model", type=Path, help="model package folder (default: the built-in reference model)")
     demo.add_argument("--plc", choices=("modbus_rtu", "ascii"), default="modbus_rtu", help="PLC protocol (default: modbus_rtu)")
     demo.add_argument("--light", choices=("gardasoft", "ccs"), default="gardasoft", help="light controller protocol (default: gardasoft)")
     demo.add_argument("--defect-rate", type=fraction, default=0.3, help="share of parts rendered with a defect (default: 0.3)")
     demo.add_argument("--light-fault-at", type=integer_in(1), help="part number at which the light controller loses power")
-    demo.add_argument("--light-fault-parts", type=integer_in(1), default=10, help="parts the light stays off for (default: 10)")
+    demo.add_argument("--light-fault-parts", type=integer_in(1), help="parts the light stays off for, with --light-fault-at (default: 10)")
     demo.add_argument("--endpoint", help="ZeroMQ endpoint for the results, so `watch` can follow (default: an ipc socket)")
     demo.add_argument("--seed", type=seed, default=0, help="seed of the rendered parts")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -251,6 +252,7 @@ def _check_config(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     from edge.inference.package import PackageError, load_package
+    from edge.lineio.line_io import LineIO
 
     config = load_config(args.file)
     problems = []
@@ -270,6 +272,12 @@ def _check_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"{args.file}: valid; model {package.name} version {package.version} ({package.kind}), "
           f"source {config.source.kind}, publishing on {config.publish.endpoint}")
+    line_io = config.line_io
+    if LineIO.configured(line_io):
+        reject = line_io.reject
+        print(f"line I/O: light {line_io.light.protocol + ' recipe ' + line_io.light.recipe if line_io.light else 'none'}, "
+              f"PLC {line_io.plc.protocol if line_io.plc else 'none'}, "
+              f"reject {reject.output + ' by ' + reject.timing if reject else 'none'}, trigger {line_io.trigger.mode}")
     return 0
 
 
@@ -282,10 +290,23 @@ def _line_io_problems(config: AppConfig) -> list[str]:
 
     problems = []
     line_io = config.line_io
+    used_by: dict[str, str] = {}
     for key, device in (("light", line_io.light), ("plc", line_io.plc), ("relay", line_io.relay)):
-        if device is not None and not glob.glob(device.serial.port):
+        if device is None:
+            continue
+        matches = sorted(glob.glob(device.serial.port))
+        if not matches:
             problems.append(f"line_io.{key}.serial.port: no device at {device.serial.port}; plug it in, or list the "
                             "stable names with `ls -l /dev/serial/by-id/`")
+        elif len(matches) > 1:
+            problems.append(f"line_io.{key}.serial.port: {device.serial.port} matches {len(matches)} devices "
+                            f"({', '.join(matches)}); make the pattern name exactly one")
+        for path in matches:
+            real_path = os.path.realpath(path)
+            if real_path in used_by:
+                problems.append(f"line_io.{key}.serial.port: {path} is also the port of line_io.{used_by[real_path]}; "
+                                "each device needs its own port")
+            used_by.setdefault(real_path, key)
     try:
         LineIO(line_io)
     except (LineIOError, ValueError) as error:
@@ -314,19 +335,39 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import threading
+
+    from edge.acquisition.base import SourceError
     from edge.demo.simulated_line import DemoError, DemoOptions, run_demo
+    from edge.lineio.base import LineIOError
+    from edge.pipeline import DaemonError
 
     configure_logging("warning", "auto")
-    options = DemoOptions(
-        parts=args.parts, rate_pps=args.rate, model=args.model, plc_protocol=args.plc, light_protocol=args.light,
-        defect_rate=args.defect_rate, seed=args.seed, endpoint=args.endpoint,
-        light_fault_at=args.light_fault_at, light_fault_parts=args.light_fault_parts,
-    )
+    if args.light_fault_parts is not None and args.light_fault_at is None:
+        print("edge-inspect demo: --light-fault-parts needs --light-fault-at, the part at which the light fails",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
-        summary = run_demo(options)
-    except (DemoError, ConfigError) as error:
+        options = DemoOptions(
+            parts=args.parts, rate_pps=args.rate, model=args.model, plc_protocol=args.plc, light_protocol=args.light,
+            defect_rate=args.defect_rate, seed=args.seed, endpoint=args.endpoint,
+            light_fault_at=args.light_fault_at, light_fault_parts=args.light_fault_parts or 10,
+        )
+    except ValueError as error:
+        print(f"edge-inspect demo: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    # A signal ends the run early but cleanly: the devices stop, the summary is printed.
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = run_demo(options, stop)
+    except (DemoError, ConfigError, DaemonError, LineIOError, SourceError) as error:
         print(f"edge-inspect demo: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -151,7 +151,7 @@ class SerialPortConfig(_Section):
     """One serial port. Prefer a `/dev/serial/by-id/...` path: it survives re-plugging, a ttyUSBn name may not."""
 
     port: str = Field(description="Device path, or a glob such as /dev/serial/by-id/usb-FTDI_* resolved at every (re)open")
-    baudrate: int = 9600
+    baudrate: int = Field(9600, description="One of the standard rates, for example 9600, 19200 or 115200")
     bytesize: Literal[7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -291,6 +291,10 @@ class RejectConfig(_Section):
     delay_ms: float = Field(500.0, gt=0, le=600000, allow_inf_nan=False, description="Time from capture (or trigger) to the ejector")
     distance_counts: int | None = Field(None, gt=0, description="Encoder counts from the camera to the ejector (timing encoder)")
     pulse_width_ms: float = Field(50.0, gt=0, le=10000, allow_inf_nan=False)
+    realtime_priority: int | None = Field(
+        10, ge=1, le=99,
+        description="SCHED_FIFO priority of the thread that fires the pulses (needs CAP_SYS_NICE); unset keeps normal priority",
+    )
 
     @model_validator(mode="after")
     def _encoder_needs_distance(self) -> RejectConfig:
@@ -424,6 +428,9 @@ def _describe(item: dict, source_name: str, line_of: dict[tuple, int], option_na
     if kind == "missing":
         return f"{where}: missing key `{key}`; add it"
     message = item["msg"].removeprefix("Value error, ")
+    if isinstance(value, (dict, list)):
+        # A check across the fields of a section: the section's whole content would bury the message.
+        return f"{where}: `{key}` is invalid: {message}"
     return f"{where}: `{key}` = {value!r} is invalid: {message}"
 
 

@@ -34,6 +34,12 @@ LIGHT_PERCENT = 80.0
 CONVEYOR_COUNTS_PER_S = 10000.0
 # Encoder counts from the camera to the ejector: half a second of belt travel.
 EJECTOR_DISTANCE_COUNTS = 5000
+# Maximum time to wait, after the last part was presented, for the daemon to publish every part.
+SETTLE_S = 5.0
+# The simulated PLC is polled every 2 ms; above this rate its part counter often moves by more
+# than one between two polls, and the extra parts become missed_trigger rejects.
+MAX_RATE_PPS = 100.0
+SIMULATED_PLC_PRIORITY = 20
 REJECT_COIL = 0x13
 ENCODER_REGISTER = 100
 PART_COUNTER_REGISTER = 102
@@ -54,6 +60,14 @@ class DemoOptions:
     # Part number at which the light controller loses power, and for how many parts.
     light_fault_at: int | None = None
     light_fault_parts: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate_pps <= MAX_RATE_PPS:
+            raise ValueError(f"rate {self.rate_pps:g} parts/s is out of range; use above 0 and at most {MAX_RATE_PPS:g} "
+                             "(the simulated PLC is polled every 2 ms)")
+        if self.light_fault_at is not None and self.light_fault_at > self.parts:
+            raise ValueError(f"the light fault at part {self.light_fault_at} comes after the last of {self.parts} parts; "
+                             "lower it or run more parts")
 
 
 class DemoError(RuntimeError):
@@ -135,8 +149,13 @@ def demo_config(options: DemoOptions, light_port: str, plc_port: str, endpoint: 
     }
 
 
-def run_demo(options: DemoOptions) -> dict:
-    """Run the simulated line for `options.parts` parts and return the summary."""
+def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> dict:
+    """Run the simulated line for `options.parts` parts and return the summary.
+
+    Setting `stop` (from a signal handler, for example) ends the run early; the summary then
+    covers the parts presented until then.
+    """
+    stop = stop or threading.Event()
     from edge.lineio.simulated.light import SimulatedLightController
 
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as folder:
@@ -146,13 +165,14 @@ def run_demo(options: DemoOptions) -> dict:
         plc = _start_plc(options.plc_protocol, folder_path / "plc", conveyor)
         try:
             endpoint = options.endpoint or f"ipc://{folder_path / 'results.sock'}"
-            config = validate_config(demo_config(options, light.port, plc.port, endpoint), source_name="<demo>")
+            config = validate_config(demo_config(options, light.port, plc.port, endpoint), source_name="<demo>",
+                                     option_names={"publish.endpoint": "--endpoint", "model.path": "--model"})
             source = SyntheticSource(
                 config.source, illumination=lambda: light.intensity_percent(LIGHT_CHANNEL) / LIGHT_PERCENT
             )
             pipeline = build_pipeline(config, source)
             hmi = LineHmi(endpoint).start()
-            summary = _run_line(options, pipeline, light, plc, conveyor)
+            summary = _run_line(options, pipeline, light, plc, conveyor, stop)
             hmi.stop()
             return {**summary, **_ground_truth(hmi.results)}
         finally:
@@ -164,16 +184,20 @@ def _start_plc(protocol: str, alias: Path, conveyor: Conveyor):
     if protocol == "modbus_rtu":
         from edge.lineio.simulated.modbus_plc import SimulatedModbusPlc
 
-        return SimulatedModbusPlc(
+        plc = SimulatedModbusPlc(
             unit_id=1, alias=alias, conveyor=conveyor,
             encoder_address=ENCODER_REGISTER, part_counter_address=PART_COUNTER_REGISTER, latch_address=LATCH_REGISTER,
-        ).start()
-    from edge.lineio.simulated.ascii_plc import SimulatedAsciiPlc
+        )
+    else:
+        from edge.lineio.simulated.ascii_plc import SimulatedAsciiPlc
 
-    return SimulatedAsciiPlc(alias=alias, conveyor=conveyor, encoder_interval_ms=5.0).start()
+        plc = SimulatedAsciiPlc(alias=alias, conveyor=conveyor, encoder_interval_ms=5.0)
+    # The PLC stands in for separate hardware: its clock readings must not wait on the daemon's load.
+    plc.realtime_priority = SIMULATED_PLC_PRIORITY
+    return plc.start()
 
 
-def _run_line(options: DemoOptions, pipeline, light, plc, conveyor: Conveyor) -> dict:
+def _run_line(options: DemoOptions, pipeline, light, plc, conveyor: Conveyor, stop: threading.Event) -> dict:
     summary: dict = {}
     failure: list[BaseException] = []
 
@@ -192,17 +216,23 @@ def _run_line(options: DemoOptions, pipeline, light, plc, conveyor: Conveyor) ->
         runner.join(timeout=10.0)
         raise DemoError(f"the daemon did not start: {failure[0] if failure else 'no start within 30 s'}")
 
-    presented = _feed_parts(options, pipeline, light, plc)
-    runner.join(timeout=60.0)
+    presented = _feed_parts(options, pipeline, light, plc, stop)
+    # The daemon ends by itself after `parts` parts. Parts it never heard of (a trigger lost
+    # beyond the PLC's counter) would keep it waiting, so it is stopped after a settling time.
+    deadline_s = time.monotonic() + SETTLE_S
+    while runner.is_alive() and time.monotonic() < deadline_s and not stop.is_set():
+        runner.join(timeout=0.1)
     if runner.is_alive():
         pipeline.request_stop()
-        runner.join(timeout=10.0)
+        runner.join(timeout=15.0)
     if failure:
         raise DemoError(f"the daemon failed: {failure[0]}")
-    return _summarise(options, summary, presented, plc, conveyor, pipeline, time.monotonic() - started_s)
+    result = _summarise(options, summary, presented, plc, conveyor, pipeline, time.monotonic() - started_s)
+    result["stopped_early"] = stop.is_set()
+    return result
 
 
-def _feed_parts(options: DemoOptions, pipeline, light, plc) -> list[int]:
+def _feed_parts(options: DemoOptions, pipeline, light, plc, stop: threading.Event) -> list[int]:
     """Present parts to the PLC's sensor at the line rate; return when each was presented."""
     presented_ns: list[int] = []
     period_s = 1.0 / options.rate_pps
@@ -211,7 +241,7 @@ def _feed_parts(options: DemoOptions, pipeline, light, plc) -> list[int]:
     for index in range(options.parts):
         due_s = start_s + index * period_s
         delay_s = due_s - time.monotonic()
-        if delay_s > 0 and pipeline.stop_requested.wait(delay_s):
+        if stop.wait(max(delay_s, 0.0)) or pipeline.stop_requested.is_set():
             break
         if options.light_fault_at is not None and index + 1 == options.light_fault_at:
             light.power_off()

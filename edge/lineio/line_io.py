@@ -7,6 +7,7 @@ ejector with it, and in trigger modes waits on it for the next part.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -23,6 +24,10 @@ log = structlog.get_logger(__name__)
 # While the light is not confirmed, the recipe is retried this often.
 _LIGHT_RETRY_S = 0.5
 _MODBUS_COUNTER_MODULUS = 65536
+# CPython lets a waiting thread take the interpreter lock only every `sys.getswitchinterval()`
+# (5 ms by default), so the reject thread could start a pulse up to that late while the stage
+# threads run Python code. With a reject output the interval is shortened to this.
+REJECT_SWITCH_INTERVAL_S = 0.0005
 
 
 def serial_link(config: SerialPortConfig, device_name: str) -> SerialLink:
@@ -189,6 +194,10 @@ class LineIO:
             self._encoder = EncoderClock(self.plc_input)
             self._wait_for_encoder(timeout_s=2.0)
         if self.reject_output is not None:
+            if sys.getswitchinterval() > REJECT_SWITCH_INTERVAL_S:
+                log.info("interpreter switch interval shortened for reject timing",
+                         previous_s=sys.getswitchinterval(), switch_interval_s=REJECT_SWITCH_INTERVAL_S)
+                sys.setswitchinterval(REJECT_SWITCH_INTERVAL_S)
             self.scheduler = RejectScheduler(self.config.reject, self.reject_output, settle, encoder=self._encoder)
             self.scheduler.start()
 

@@ -15,6 +15,7 @@ of the output command minus the moment the part reached the ejector) goes to the
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -40,48 +41,60 @@ _ERROR_WINDOW = 2000
 class EncoderClock:
     """Converts between encoder counts and monotonic time from the PLC's latest encoder readings.
 
-    The speed comes from the two readings that lie furthest apart in a short window, so a single
-    late reading does not swing it.
+    A reading's timestamp is when the station received it, which comes late by a varying
+    transmission and scheduling delay. A straight line fitted to the readings of a short window
+    averages that delay out, so the estimate of where the conveyor is now does not jump with the
+    lateness of the last reading.
     """
 
     def __init__(self, plc: PlcInput, window_s: float = 0.5) -> None:
         self._plc = plc
         self._window_ns = int(window_s * 1e9)
-        self._readings: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)
+        self._readings: collections.deque[tuple[int, int]] = collections.deque(maxlen=512)
+        self._fit: tuple[int, float, float] | None = None  # (origin_ns, counts at origin, counts per ns)
+        self._lock = threading.Lock()
 
-    def _update(self) -> None:
+    def _update(self) -> tuple[int, float, float] | None:
         reading = self._plc.encoder_counts()
-        if reading is not None and (not self._readings or reading[1] != self._readings[-1][1]):
+        with self._lock:
+            if reading is None or (self._readings and reading[1] == self._readings[-1][1]):
+                return self._fit
             self._readings.append(reading)
-        while len(self._readings) > 2 and self._readings[-1][1] - self._readings[0][1] > self._window_ns:
-            self._readings.popleft()
+            while len(self._readings) > 2 and self._readings[-1][1] - self._readings[0][1] > self._window_ns:
+                self._readings.popleft()
+            self._fit = self._line_fit()
+            return self._fit
+
+    def _line_fit(self) -> tuple[int, float, float]:
+        counts = np.array([value for value, _ in self._readings], dtype=np.float64)
+        origin_ns = self._readings[-1][1]
+        times_s = np.array([(at_ns - origin_ns) / 1e9 for _, at_ns in self._readings], dtype=np.float64)
+        if len(counts) < 2 or np.ptp(times_s) == 0:
+            return origin_ns, float(counts[-1]), 0.0
+        slope_per_s, intercept = np.polyfit(times_s, counts, 1)
+        return origin_ns, float(intercept), float(slope_per_s) / 1e9
 
     def speed_counts_per_ns(self) -> float | None:
-        self._update()
-        if len(self._readings) < 2:
+        fit = self._update()
+        if fit is None or fit[2] == 0.0:
             return None
-        (first_counts, first_ns), (last_counts, last_ns) = self._readings[0], self._readings[-1]
-        if last_ns == first_ns:
-            return None
-        return (last_counts - first_counts) / (last_ns - first_ns)
+        return fit[2]
 
     def counts_at(self, monotonic_ns: int) -> int | None:
-        """Encoder position at a moment, extrapolated from the latest reading; None before any reading."""
-        self._update()
-        if not self._readings:
+        """Encoder position at a moment, from the fitted line; None before any reading."""
+        fit = self._update()
+        if fit is None:
             return None
-        counts, read_ns = self._readings[-1]
-        speed = self.speed_counts_per_ns() or 0.0
-        return int(round(counts + speed * (monotonic_ns - read_ns)))
+        origin_ns, counts, speed = fit
+        return int(round(counts + speed * (monotonic_ns - origin_ns)))
 
     def time_at(self, counts: int) -> int | None:
         """Estimate the moment the encoder reaches `counts`; None while the conveyor is stopped or before readings."""
-        self._update()
-        speed = self.speed_counts_per_ns()
-        if not self._readings or not speed or speed <= 0:
+        fit = self._update()
+        if fit is None or fit[2] <= 0:
             return None
-        last_counts, read_ns = self._readings[-1]
-        return int(read_ns + (counts - last_counts) / speed)
+        origin_ns, origin_counts, speed = fit
+        return int(origin_ns + (counts - origin_counts) / speed)
 
 
 @dataclass(slots=True)
@@ -193,6 +206,7 @@ class RejectScheduler:
     # The serving thread
 
     def _run(self) -> None:
+        self._raise_priority()
         while True:
             with self._condition:
                 if self._stopping and not self._transit and self._off_due_ns is None:
@@ -212,6 +226,19 @@ class RejectScheduler:
                 self._arrive(entry)
             elif switch_off:
                 self._switch_off(off_part_id)
+
+    def _raise_priority(self) -> None:
+        """Run this thread with real-time priority where allowed, so other load on the PC delays pulses less."""
+        priority = self.config.realtime_priority
+        if priority is None or not hasattr(os, "sched_setscheduler"):
+            return
+        try:
+            # On Linux, pid 0 names the calling thread, not the whole process.
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            log.info("reject thread runs with real-time priority", policy="SCHED_FIFO", priority=priority)
+        except (PermissionError, OSError) as error:
+            log.warning("reject thread runs with normal priority; grant CAP_SYS_NICE for real-time priority",
+                        error=str(error))
 
     def _seconds_to_next_event(self) -> float:
         now_ns = time.monotonic_ns()

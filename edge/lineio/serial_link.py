@@ -268,10 +268,11 @@ class SerialLink:
         if not glob.has_magic(pattern):
             return pattern
         matches = sorted(glob.glob(pattern))
-        if not matches:
-            self._note_failure(f"no device matches {pattern}")
+        if len(matches) != 1:
+            found = "no serial device matches" if not matches else f"{len(matches)} devices match ({', '.join(matches)})"
+            self._note_failure(f"{found} {pattern}")
             raise LineIOError(
-                f"{self.device_name}: no serial device matches {pattern}; plug the adapter in or correct `port` "
+                f"{self.device_name}: {found} {pattern}; plug the adapter in or make `port` name exactly one device "
                 "(list candidates with `ls -l /dev/serial/by-id/`)"
             )
         return matches[0]

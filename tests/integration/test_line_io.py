@@ -259,3 +259,36 @@ def test_relay_software_trigger(brightness_package, tmp_path):
     assert light.triggers(1) == 4
     assert relay.received_bytes() == bytes.fromhex("A00200A2" "A00201A3" "A00200A2" "A00200A2")
     assert holder["summary"]["counters"]["fail"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--rate", "500"], "at most 100"),
+        (["--parts", "20", "--light-fault-at", "25"], "after the last of 20 parts"),
+        (["--light-fault-parts", "3"], "needs --light-fault-at"),
+        (["--parts", "3", "--model", "/nonexistent/model"], "not found"),
+    ],
+)
+def test_demo_bad_options(capsys, options, message):
+    from edge.cli import main
+
+    assert main(["demo", *options]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_check_config_finds_shared_port(brightness_package, tmp_path, capsys):
+    from edge.cli import main
+
+    port = tmp_path / "ttyUSB0"
+    port.touch()
+    config_file = tmp_path / "station.yaml"
+    config_file.write_text(
+        f"model: {{path: {brightness_package}}}\n"
+        "line_io:\n"
+        f"  light: {{serial: {{port: {port}}}, recipe: a, recipes: {{a: [{{channel: 1}}]}}}}\n"
+        f"  plc: {{serial: {{port: {port}}}, protocol: ascii}}\n"
+        "  reject: {output: plc}\n"
+    )
+    assert main(["check-config", str(config_file)]) != 0
+    assert "also the port of line_io.light" in capsys.readouterr().err

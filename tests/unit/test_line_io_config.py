@@ -61,3 +61,20 @@ def test_bad_ascii_template_is_refused_when_building():
                       "reject": {}}).line_io
     with pytest.raises(ValueError, match="serial"):
         LineIO(line_io)
+
+
+def test_section_check_omits_section_content():
+    with pytest.raises(ConfigError) as raised:
+        config({"trigger": {"mode": "plc"}})
+    assert "{" not in str(raised.value)
+
+
+def test_ambiguous_port_glob_is_refused(tmp_path):
+    from edge.lineio.base import LineIOError
+    from edge.lineio.serial_link import SerialLink, SerialSettings
+
+    (tmp_path / "usb-FTDI_A").touch()
+    (tmp_path / "usb-FTDI_B").touch()
+    link = SerialLink(SerialSettings(port=str(tmp_path / "usb-FTDI_*")), "light controller")
+    with pytest.raises(LineIOError, match="2 devices match"):
+        link.open()

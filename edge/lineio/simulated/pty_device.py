@@ -35,6 +35,9 @@ class PtyDevice:
         self.alias = Path(alias) if alias is not None else None
         self.received: list[tuple[int, bytes]] = []
         self.silent = threading.Event()  # set: the device stops replying, as when it is switched off
+        # SCHED_FIFO priority of the reader thread, where allowed. A real device runs on its own
+        # hardware; the priority keeps the timestamps in `received` from waiting on other load.
+        self.realtime_priority: int | None = None
         self._lock = threading.Lock()
         self._master_fd: int | None = None
         self._slave_fd: int | None = None
@@ -147,6 +150,11 @@ class PtyDevice:
             self._master_fd = self._slave_fd = None
 
     def _serve(self) -> None:
+        if self.realtime_priority is not None and hasattr(os, "sched_setscheduler"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
+            except OSError:
+                log.debug("simulated device runs at normal priority", device=self.name)
         while not self._stop.is_set():
             master_fd = self._master_fd
             if master_fd is None:
