@@ -57,6 +57,13 @@ def _build_parser() -> argparse.ArgumentParser:
     padim.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="area",
                        help="resize interpolation (default: area, which antialiases when shrinking)")
     padim.add_argument("--roi", type=_parse_roi, help="crop X,Y,WIDTH,HEIGHT in pixels before resizing")
+    padim.add_argument("--unwrap", action="store_true",
+                       help="fit on the unwrapped ring of each part (round parts), not the whole frame")
+    padim.add_argument("--align", action="store_true",
+                       help="with --unwrap: turn every strip to the angle of a reference part first, so the model "
+                            "is rotation invariant")
+    padim.add_argument("--strip-size", type=_parse_size, default=(64, 512),
+                       help="with --unwrap: model input HEIGHTxWIDTH of the strip in pixels, multiples of 16 (default: 64x512)")
     padim.add_argument("--seed", type=seed, default=0, help="seed for the calibration split and channel choice")
     padim.add_argument("--batch-size", type=integer_in(1, 1024), default=8, help="images per forward pass while fitting")
     padim.add_argument("--name", help="model name in the package (default: the --out folder name)")
@@ -124,6 +131,9 @@ def _run_padim(args: argparse.Namespace) -> int:
         name=args.name,
         model_version=args.model_version,
         progress=not args.no_progress,
+        unwrap=args.unwrap,
+        align=args.align,
+        strip_size=args.strip_size,
     )
     summary = fit_padim(options)
     print(json.dumps(summary, indent=2))
@@ -168,6 +178,14 @@ def _check_output_folder(out: Path, force: bool) -> None:
     if is_package:
         raise ValueError(f"--out {out} already contains a model package; pass --force to replace it, or choose another folder")
     raise ValueError(f"--out {out} is not empty and contains no model package; choose an empty or new folder")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(value) for value in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is invalid; write HEIGHTxWIDTH in pixels, e.g. 64x512")
+    return height, width
 
 
 def _parse_roi(text: str) -> Roi:

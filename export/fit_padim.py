@@ -226,7 +226,7 @@ def _check_model_size(positions: int, channels: int) -> None:
         raise ValueError(
             f"{positions} anomaly-map positions with --channels {channels} need {size_bytes / 2**30:.1f} GiB of inverse "
             f"covariances, more than the {MAX_ONNX_BYTES / 2**30:.1f} GiB an ONNX file can hold without external "
-            "data; lower --channels, --image-size or --strip-size"
+            "data; lower --channels or --image-size (--strip-size with --unwrap)"
         )
 
 

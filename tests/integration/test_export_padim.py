@@ -123,3 +123,41 @@ def test_foreign_folder_never_overwritten(rendered, tmp_path, capsys):
     assert code == 2
     assert "contains no model package" in capsys.readouterr().err
     assert (tmp_path / "report.docx").read_bytes() == b"keep me"
+
+
+def test_unwrapped_aligned_padim_runs_in_daemon(rendered, tmp_path):
+    out = tmp_path / "strips"
+    code = export_main([
+        "padim", "--train", str(rendered / "train" / "good"), "--out", str(out), "--unwrap", "--align",
+        "--strip-size", "32x128", "--channels", "40", "--calibration-fraction", "0.25", "--no-progress",
+    ])
+    assert code == 0
+    description = json.loads((out / "model.json").read_text())
+    assert description["preprocess"]["input_size"] == [32, 128]
+    assert description["ring"]["unwrap"]["radial_px"] == 32
+    assert len(description["ring"]["alignment"]["reference"]) == 16
+
+    inspection = Inspector.from_path(out).inspect(_read(sorted((rendered / "test" / "good").glob("*.png"))[0]))
+    assert inspection.anomaly_map.shape == (128, 128)  # drawn back on the frame
+    assert inspection.ring is not None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--align"], "add --unwrap"),
+        (["--unwrap", "--strip-size", "30x100"], "multiples of 16"),
+    ],
+)
+def test_bad_strip_options_are_usage_errors(rendered, tmp_path, capsys, options, message):
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
+                        "--no-progress", *options])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_strip_size_needs_height_and_width(rendered, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
+                     "--unwrap", "--strip-size", "wide"])
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err

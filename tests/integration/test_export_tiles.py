@@ -268,6 +268,8 @@ def test_scratch_network_cam_shape(arch, cam_px):
 
 @pytest.mark.real_data
 @pytest.mark.slow
+# Training takes about 5 minutes on two free cores; the limit leaves room for a busy machine.
+@pytest.mark.timeout(2400)
 def test_impeller_train_set(real_data, tmp_path):
     train = real_data / "casting_impeller" / "train"
     if not train.is_dir():
