@@ -70,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--good", metavar="NAME",
                           help="name of the class folder of good parts; every other folder in --data is defective")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, roc.png and overlays")
-    evaluate.add_argument("--overlays", type=integer_in(0, 100000), default=4,
+    evaluate.add_argument("--overlays", type=integer_in(0, 100000),
                           help="with --good: overlay images written per class (default: 4)")
     evaluate.add_argument("--image-threshold", type=finite_float, help="override the package's image threshold")
     evaluate.add_argument("--pixel-threshold", type=finite_float, help="override the package's pixel threshold")
@@ -235,10 +235,13 @@ def _eval(args: argparse.Namespace) -> int:
         "image_threshold": args.image_threshold,
         "pixel_threshold": args.pixel_threshold,
     }
+    if args.good is None and args.overlays is not None:
+        print("edge-inspect eval: --overlays applies to class folders; add --good NAME or remove it", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.good is not None:
             metrics = evaluate_classes(args.model, args.data, args.out, args.good, inspector_kwargs,
-                                       overlays_per_class=args.overlays)
+                                       overlays_per_class=4 if args.overlays is None else args.overlays)
         else:
             metrics = evaluate(args.model, args.data, args.out, inspector_kwargs=inspector_kwargs)
     except (PackageError, ValueError, OSError) as error:

@@ -64,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             "is rotation invariant")
     padim.add_argument("--strip-size", type=_parse_size, default=(64, 512),
                        help="with --unwrap: model input HEIGHTxWIDTH of the strip in pixels, multiples of 16 (default: 64x512)")
+    _add_ring_options(padim)
     padim.add_argument("--seed", type=seed, default=0, help="seed for the calibration split and channel choice")
     padim.add_argument("--batch-size", type=integer_in(1, 1024), default=8, help="images per forward pass while fitting")
     padim.add_argument("--name", help="model name in the package (default: the --out folder name)")
@@ -99,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--plain", action="store_true",
                        help="train plainly on every tile with its image label: no coarse model, label dilation, "
                             "semi-supervised augmentation or class balancing (for comparison)")
+    _add_ring_options(tiles)
     tiles.add_argument("--seed", type=seed, default=0, help="seed of the split, the initialisation and the sampling")
     tiles.add_argument("--threads", type=integer_in(1, 256),
                        help="CPU threads for PyTorch (default: PyTorch's choice, one per core)")
@@ -134,6 +136,7 @@ def _run_padim(args: argparse.Namespace) -> int:
         unwrap=args.unwrap,
         align=args.align,
         strip_size=args.strip_size,
+        ring_search=_ring_search(args),
     )
     summary = fit_padim(options)
     print(json.dumps(summary, indent=2))
@@ -160,6 +163,7 @@ def _run_tiles(args: argparse.Namespace) -> int:
         name=args.name,
         model_version=args.model_version,
         progress=not args.no_progress,
+        ring_search=_ring_search(args),
     )
     summary = export_tiles(options)
     print(json.dumps(summary, indent=2))
@@ -178,6 +182,46 @@ def _check_output_folder(out: Path, force: bool) -> None:
     if is_package:
         raise ValueError(f"--out {out} already contains a model package; pass --force to replace it, or choose another folder")
     raise ValueError(f"--out {out} is not empty and contains no model package; choose an empty or new folder")
+
+
+def _add_ring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ring-radius", type=_parse_fractions,
+                        help="with unwrapping: range MIN,MAX of the part's outer radius, as fractions of the "
+                             "image's shorter side (default: 0.35,0.5)")
+    parser.add_argument("--ring-inner", type=float,
+                        help="with unwrapping: inner radius of the ring as a fraction of the outer radius (default: 0.15)")
+    parser.add_argument("--ring-min-contrast", type=float,
+                        help="with unwrapping: smallest edge step in grey levels per pixel that counts as the part's "
+                             "edge (default: 4)")
+
+
+def _ring_search(args: argparse.Namespace):
+    """Return the RingSearch the ring options describe, or None when none was given."""
+    from edge.preprocess.ring import RingSearch
+
+    settings = {}
+    if args.ring_radius is not None:
+        settings["min_outer_radius_fraction"], settings["max_outer_radius_fraction"] = args.ring_radius
+    if args.ring_inner is not None:
+        settings["inner_radius_fraction"] = args.ring_inner
+    if args.ring_min_contrast is not None:
+        settings["min_edge_contrast"] = args.ring_min_contrast
+    if not settings:
+        return None
+    if not getattr(args, "unwrap", False):
+        raise ValueError("--ring-radius, --ring-inner and --ring-min-contrast set the ring search; add --unwrap")
+    try:
+        return RingSearch(**settings)
+    except ValueError as error:
+        raise ValueError(f"invalid ring search options (--ring-radius, --ring-inner, --ring-min-contrast): {error}") from None
+
+
+def _parse_fractions(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"range {text!r} is invalid; write MIN,MAX as fractions, e.g. 0.3,0.5")
+    return low, high
 
 
 def _parse_size(text: str) -> tuple[int, int]:

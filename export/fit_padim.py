@@ -69,6 +69,7 @@ class PadimOptions:
     unwrap: bool = False
     align: bool = False
     strip_size: tuple[int, int] = (64, 512)
+    ring_search: RingSearch | None = None
 
 
 @dataclass
@@ -235,12 +236,18 @@ def model_input_size(options: PadimOptions) -> tuple[int, int]:
     if options.align and not options.unwrap:
         raise ValueError("--align turns unwrapped strips; add --unwrap")
     if options.unwrap:
+        if options.roi is not None:
+            raise ValueError("--roi crops the frame before a square resize and does not apply with --unwrap; remove it")
+        if options.image_size != 224:
+            raise ValueError("--image-size does not apply with --unwrap; set the model input with --strip-size")
         height, width = options.strip_size
         if height % 16 or width % 16 or height < 32 or width < 64:
             raise ValueError(
                 f"--strip-size {height}x{width} is invalid; use multiples of 16, at least 32x64, such as 64x512"
             )
         return height, width
+    if options.strip_size != (64, 512):
+        raise ValueError("--strip-size sets the model input of unwrapped strips; add --unwrap or remove it")
     if options.image_size % 16 != 0 or options.image_size < 64:
         raise ValueError(f"--image-size {options.image_size} is invalid; use a multiple of 16 of at least 64, such as 224")
     return options.image_size, options.image_size
@@ -255,7 +262,7 @@ def ring_section_for(options: PadimOptions, fitting: list[Path]) -> RingSection:
     """Build the `ring` section: none, unwrapping only, or unwrapping with a reference strip for alignment."""
     if not options.unwrap:
         return RingSection()
-    section = RingSection(search=RingSearch(), unwrap=UnwrapSpec(radial_px=options.strip_size[0]))
+    section = RingSection(search=options.ring_search or RingSearch(), unwrap=UnwrapSpec(radial_px=options.strip_size[0]))
     if not options.align:
         return section
     # The first fitting image sets the canonical angle; every other strip is turned to match it.

@@ -119,8 +119,13 @@ class PartSplit:
 
 def class_folders(data_dir: Path, good: str) -> tuple[Path, list[Path]]:
     """Return the good class folder and the defect class folders (every other subfolder) of `data_dir`."""
+    if data_dir.is_file():
+        raise ValueError(f"--data {data_dir} is a file, not a folder; pass a folder with one subfolder per class")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data {data_dir} does not exist; pass a folder with one subfolder per class")
+    if "/" in good.rstrip("/"):
+        raise ValueError(f"--good {good!r} is a path; pass the bare name of the good parts' folder, such as ok")
+    good = good.rstrip("/")
     folders = sorted(path for path in data_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
     names = [folder.name for folder in folders]
     if good not in names:

@@ -13,6 +13,7 @@ import structlog
 import torch
 
 from edge.evaluation.metrics import classification_rates
+from edge.preprocess.ring import RingSearch
 from edge.preprocess.transform import Preprocessor
 from export.onnx_graph import OPSET
 from export.package_writer import file_list_sha256, write_package
@@ -47,6 +48,7 @@ class TilesOptions:
     name: str | None = None
     model_version: str | None = None
     progress: bool = True
+    ring_search: RingSearch | None = None
 
 
 def export_tiles(options: TilesOptions) -> dict:
@@ -61,7 +63,7 @@ def export_tiles(options: TilesOptions) -> dict:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
 
-    layout = TileLayout.for_tiles(options.tile_size, stride, options.unwrap)
+    layout = TileLayout.for_tiles(options.tile_size, stride, options.unwrap, search=options.ring_search)
     split = load_parts(options.data_dir, options.good, layout, options.seed)
     model = build_tile_classifier(options.arch, options.weights)
     spec, preprocessor = tile_preprocessor(options.tile_size, model.normalization)
@@ -79,6 +81,10 @@ def export_tiles(options: TilesOptions) -> dict:
     validation_scores = part_scores(session, split.validation, preprocessor)
     threshold = calibrate_threshold(validation_scores, _labels(split.validation))
     validation_metrics = part_metrics(validation_scores, _labels(split.validation), threshold)
+    if validation_metrics["false_reject_rate"] >= 0.5:
+        # Escapes come first in the calibration, so a weak model gets a threshold that fails good parts.
+        log.warning("the calibrated threshold fails most good validation parts; train on more images or more epochs",
+                    threshold=threshold, false_reject_rate=validation_metrics["false_reject_rate"])
     test_scores = part_scores(session, split.test, preprocessor)
     test_metrics = part_metrics(test_scores, _labels(split.test), threshold)
 

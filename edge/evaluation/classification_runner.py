@@ -55,8 +55,13 @@ def list_class_images(data_dir: Path, good: str) -> list[ClassImage]:
     Raises ValueError naming the folder when the data folder or the good class folder is
     missing, when there is no defective class folder, or when a class folder has no images.
     """
+    if data_dir.is_file():
+        raise ValueError(f"data folder {data_dir} is a file, not a folder; pass a folder with one subfolder per class")
     if not data_dir.is_dir():
         raise ValueError(f"data folder {data_dir} is missing; pass a folder with one subfolder per class")
+    if "/" in good.rstrip("/"):
+        raise ValueError(f"--good {good!r} is a path; pass the bare name of the good parts' folder, such as ok")
+    good = good.rstrip("/")
     class_dirs = sorted(path for path in data_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
     names = [path.name for path in class_dirs]
     if good not in names:

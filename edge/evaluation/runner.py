@@ -29,6 +29,7 @@ from edge.evaluation.metrics import DEFAULT_PRO_MAX_FPR, classification_rates, p
 from edge.evaluation.report import write_roc_report
 from edge.inspector import Inspector
 from edge.parts import Region, Verdict
+from edge.preprocess.ring import RingNotFound
 from edge.preprocess.transform import Roi
 from edge.visualize import overlay_anomaly_map
 
@@ -157,7 +158,16 @@ def _inspect_all(inspector: Inspector, test_images: list[LabelledImage], progres
     for index, test_image in enumerate(test_images):
         progress.update(index, test_image.name)
         image = _read_image(test_image.path, cv2.IMREAD_COLOR)
-        inspection = inspector.inspect(image)
+        try:
+            inspection = inspector.inspect(image)
+        except RingNotFound as error:
+            # The daemon rejects such a part, so it counts as failed, with no map for pixel metrics.
+            log.info("ring not found", image=test_image.name, error=str(error))
+            scored.append(ScoredImage(
+                image=test_image, image_score=math.inf, verdict=Verdict.REJECT, regions=[],
+                anomaly_map=np.zeros(image.shape[:2], dtype=np.float32), mask=None, stage_ms={},
+            ))
+            continue
 
         map_height, map_width = inspection.anomaly_map.shape
         if test_image.defect is None:
@@ -201,9 +211,10 @@ def _mask_at_map_size(
 def _compute_metrics(inspector: Inspector, scored: list[ScoredImage], data_dir: Path) -> dict[str, Any]:
     labels = np.array([item.image.label for item in scored])
     scores = np.array([item.image_score for item in scored])
-    predicted_defective = np.array([item.verdict == Verdict.FAIL for item in scored])
+    predicted_defective = np.array([item.verdict in (Verdict.FAIL, Verdict.REJECT) for item in scored])
     pixel_labelled = [item for item in scored if item.mask is not None]
-    map_shape = scored[0].anomaly_map.shape
+    inspected = [item for item in scored if item.stage_ms] or scored
+    map_shape = inspected[0].anomaly_map.shape
 
     metrics: dict[str, Any] = {
         "model": inspector.package.identity(),
@@ -212,6 +223,7 @@ def _compute_metrics(inspector: Inspector, scored: list[ScoredImage], data_dir: 
         "pixel_auroc": pixel_auroc([item.anomaly_map for item in pixel_labelled], [item.mask for item in pixel_labelled]),
         "pro": pro_auc([item.anomaly_map for item in pixel_labelled], [item.mask for item in pixel_labelled]),
         "pro_max_fpr": DEFAULT_PRO_MAX_FPR,
+        "ring_not_found": sum(item.verdict == Verdict.REJECT for item in scored),
         **classification_rates(labels, predicted_defective),
         "image_threshold": inspector.thresholds.image,
         "pixel_threshold": inspector.thresholds.pixel,
@@ -222,9 +234,9 @@ def _compute_metrics(inspector: Inspector, scored: list[ScoredImage], data_dir: 
             "defective": int(np.count_nonzero(labels == 1)),
             "defective_without_mask": sum(1 for item in scored if item.image.defect is not None and item.mask is None),
         },
-        "mean_inference_ms": float(np.mean([item.stage_ms["inference"] for item in scored])),
+        "mean_inference_ms": float(np.mean([item.stage_ms.get("inference", np.nan) for item in inspected])),
         "mean_stage_ms": {
-            stage: float(np.mean([item.stage_ms[stage] for item in scored])) for stage in scored[0].stage_ms
+            stage: float(np.mean([item.stage_ms[stage] for item in inspected])) for stage in inspected[0].stage_ms
         },
         "per_class": _per_class_metrics(scored),
     }

@@ -220,7 +220,7 @@ def find_ring(image: np.ndarray, search: RingSearch) -> Ring:
         raise RingNotFound(
             f"no circular edge with radius {min_radius_px:.0f}-{max_radius_px:.0f} px and contrast of at least "
             f"{search.min_edge_contrast} grey levels per pixel found in the {width}x{height} image; check that the "
-            "part is in view, or adjust min_outer_radius_fraction / max_outer_radius_fraction / min_edge_contrast"
+            "part is in view, or export the model again with other --ring-radius or --ring-min-contrast values"
         )
 
     in_range = [fit for fit in fits if min_radius_px <= fit.radius_px <= max_radius_px]
@@ -228,7 +228,7 @@ def find_ring(image: np.ndarray, search: RingSearch) -> Ring:
         radii = ", ".join(f"{fit.radius_px:.1f}" for fit in fits)
         raise RingNotFound(
             f"no refined edge has a radius in {min_radius_px:.0f}-{max_radius_px:.0f} px "
-            f"(refined radii: {radii}); adjust min_outer_radius_fraction / max_outer_radius_fraction"
+            f"(refined radii: {radii}); export the model again with a --ring-radius range that contains the part's edge"
         )
 
     best = max(in_range, key=lambda fit: (fit.support, fit.mean_contrast))
@@ -236,7 +236,7 @@ def find_ring(image: np.ndarray, search: RingSearch) -> Ring:
         raise RingNotFound(
             f"best edge at ({best.centre_x:.1f}, {best.centre_y:.1f}) radius {best.radius_px:.1f} px is found on "
             f"{best.support:.0%} of its rays, below min_edge_support {search.min_edge_support:.0%}; check focus "
-            "and lighting of the part's outer edge, or lower min_edge_support / min_edge_contrast"
+            "and lighting of the part's outer edge, or export the model again with a lower --ring-min-contrast"
         )
 
     return Ring(

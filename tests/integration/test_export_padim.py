@@ -161,3 +161,33 @@ def test_strip_size_needs_height_and_width(rendered, tmp_path, capsys):
         export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
                      "--unwrap", "--strip-size", "wide"])
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--strip-size", "32x128"], "add --unwrap or remove it"),
+        (["--unwrap", "--image-size", "128"], "set the model input with --strip-size"),
+        (["--unwrap", "--roi", "0,0,50,50"], "does not apply with --unwrap"),
+        (["--ring-radius", "0.3,0.5"], "add --unwrap"),
+        (["--unwrap", "--ring-radius", "0.6,0.5"], "ring"),
+    ],
+)
+def test_options_that_do_not_combine(rendered, tmp_path, capsys, options, message):
+    code = export_main(["padim", "--train", str(rendered / "train" / "good"), "--out", str(tmp_path / "m"),
+                        "--no-progress", *options])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ring_search_options_reach_the_package(rendered, tmp_path):
+    out = tmp_path / "strips"
+    code = export_main([
+        "padim", "--train", str(rendered / "train" / "good"), "--out", str(out), "--unwrap", "--strip-size", "32x128",
+        "--ring-radius", "0.3,0.5", "--ring-inner", "0.2", "--channels", "40", "--calibration-fraction", "0.25",
+        "--no-progress",
+    ])
+    assert code == 0
+    search = json.loads((out / "model.json").read_text())["ring"]["search"]
+    assert search["min_outer_radius_fraction"] == 0.3
+    assert search["inner_radius_fraction"] == 0.2

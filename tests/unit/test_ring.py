@@ -101,7 +101,7 @@ def test_fixed_ring_outside_image():
 
 
 def test_blank_image_not_found():
-    with pytest.raises(RingNotFound, match="adjust min_outer_radius_fraction"):
+    with pytest.raises(RingNotFound, match="--ring-radius"):
         find_ring(np.full((300, 300), 128, np.uint8), RingSearch())
 
 
@@ -114,7 +114,7 @@ def test_square_part_not_found():
 
 def test_small_part_outside_radius_range():
     image = _part_image(radius=60.0)
-    with pytest.raises(RingNotFound, match="min_outer_radius_fraction"):
+    with pytest.raises(RingNotFound, match="--ring-radius"):
         find_ring(image, RingSearch())
 
 
