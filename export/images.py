@@ -20,7 +20,9 @@ def list_images(folder: Path) -> list[Path]:
         raise FileNotFoundError(f"image folder {folder} does not exist; pass a folder of good-part images")
     images = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}")
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}; add images there or remove the folder"
+        )
     return images
 
 

@@ -83,7 +83,10 @@ def list_test_images(data_dir: Path) -> list[LabelledImage]:
     test_dir = data_dir / "test"
     good_dir = test_dir / GOOD_FOLDER
     if not test_dir.is_dir():
-        raise ValueError(f"test folder {test_dir} is missing; pass a folder in MVTec AD layout (test/good, test/<defect>)")
+        raise ValueError(
+            f"test folder {test_dir} is missing; pass a folder in MVTec AD layout (test/good, test/<defect>), "
+            "or add --good NAME for a folder of class subfolders"
+        )
 
     images = [LabelledImage(path, None, None) for path in _images_in(good_dir)]
 
