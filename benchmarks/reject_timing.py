@@ -3,7 +3,7 @@
     python -m benchmarks.reject_timing [--parts 1000] [--rate 20]
 
 Runs `edge-inspect demo`'s simulated line (camera, light controller, PLC with encoder on
-pseudo-terminals) once per PLC protocol and prints the timing error of the reject pulses as the
+pseudo-terminals) once per PLC protocol. It prints the timing error of the reject pulses as the
 simulated PLC received them, against the moment each part reached the ejector by the conveyor's
 own clock. The baseline, measured in the same process just before, is how late a plain sleep
 until a deadline wakes up on this machine: the floor that any pulse timing in Python sits on.

@@ -286,10 +286,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _line_io_problems(config: AppConfig) -> list[str]:
     """Serial ports that are not there, and device settings the line I/O cannot use."""
-    import glob
-
     from edge.lineio.base import LineIOError
     from edge.lineio.line_io import LineIO
+    from edge.lineio.serial_link import matching_ports
 
     problems = []
     line_io = config.line_io
@@ -297,7 +296,7 @@ def _line_io_problems(config: AppConfig) -> list[str]:
     for key, device in (("light", line_io.light), ("plc", line_io.plc), ("relay", line_io.relay)):
         if device is None:
             continue
-        matches = sorted(glob.glob(device.serial.port))
+        matches = matching_ports(device.serial.port)
         if not matches:
             problems.append(f"line_io.{key}.serial.port: no device at {device.serial.port}; plug it in, or list the "
                             "stable names with `ls -l /dev/serial/by-id/`")

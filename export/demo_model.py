@@ -36,7 +36,7 @@ CALIBRATION_SEED = 9002
 
 
 def pooled_brightness(tensor: np.ndarray) -> np.ndarray:
-    """The graph's features in numpy: channel mean, then mean over POOL_PX x POOL_PX cells."""
+    """Compute the graph's features in numpy: channel mean, then mean over POOL_PX x POOL_PX cells."""
     grey = tensor.mean(axis=1)[0]
     cells = INPUT_SIZE_PX // POOL_PX
     return grey.reshape(cells, POOL_PX, cells, POOL_PX).mean(axis=(1, 3))

@@ -11,8 +11,18 @@ from torch import nn
 OPSET = 17
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str]) -> bytes:
-    """Export with a fixed input shape (ONNX Runtime re-plans on every new shape)."""
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    input_name: str,
+    output_names: list[str],
+    dynamic_batch: str | None = None,
+) -> bytes:
+    """Export with a fixed input shape (ONNX Runtime re-plans on every new shape).
+
+    `dynamic_batch` names a variable first axis of the input and of every output, for graphs
+    that score a varying number of items (the tiles of a part) in one call.
+    """
     module.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -31,6 +41,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, outpu
             opset_version=OPSET,
             input_names=[input_name],
             output_names=output_names,
+            dynamic_axes={name: {0: dynamic_batch} for name in [input_name, *output_names]} if dynamic_batch else None,
             do_constant_folding=True,
         )
     return buffer.getvalue()

@@ -16,9 +16,11 @@ import numpy as np
 import structlog
 import torch
 
-from edge.preprocess.polar import UnwrapSpec, unwrap
-from edge.preprocess.ring import RingNotFound, RingSearch, find_ring
-from edge.preprocess.tiling import TileSpec, tile_strip
+from edge.evaluation.classification_runner import class_folders
+from edge.preprocess.polar import UnwrapSpec
+from edge.preprocess.ring import RingNotFound, RingSearch
+from edge.preprocess.ring_input import RingSection, strip_and_tiles
+from edge.preprocess.tiling import TileSpec
 from edge.preprocess.transform import INTERPOLATIONS, PreprocessSpec, Preprocessor
 from export.images import list_images, read_image
 
@@ -78,8 +80,8 @@ class TileLayout:
             size = (self.tile_size_px, self.tile_size_px)
             resized = cv2.resize(_as_bgr(image), size, interpolation=INTERPOLATIONS[self.interpolation])
             return resized[np.newaxis], None, None
-        strip = unwrap(_as_bgr(image), find_ring(image, self.search), self.unwrap)
-        tiles, origins = tile_strip(strip, self.tiles)
+        section = RingSection(search=self.search, unwrap=self.unwrap, tiles=self.tiles)
+        strip, tiles, origins = strip_and_tiles(_as_bgr(image), section)
         return tiles, strip, origins
 
 
@@ -115,30 +117,6 @@ class PartSplit:
     test: list[Part]
     skipped: list[str] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
-
-
-def class_folders(data_dir: Path, good: str) -> tuple[Path, list[Path]]:
-    """Return the good class folder and the defect class folders (every other subfolder) of `data_dir`."""
-    if data_dir.is_file():
-        raise ValueError(f"--data {data_dir} is a file, not a folder; pass a folder with one subfolder per class")
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"--data {data_dir} does not exist; pass a folder with one subfolder per class")
-    if "/" in good.rstrip("/"):
-        raise ValueError(f"--good {good!r} is a path; pass the bare name of the good parts' folder, such as ok")
-    good = good.rstrip("/")
-    folders = sorted(path for path in data_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
-    names = [folder.name for folder in folders]
-    if good not in names:
-        raise FileNotFoundError(
-            f"good class folder {good!r} not found in {data_dir} (subfolders: {', '.join(names) or 'none'}); "
-            "pass --good with the folder of good parts"
-        )
-    defect_folders = [folder for folder in folders if folder.name != good]
-    if not defect_folders:
-        raise ValueError(
-            f"{data_dir} has no defect class folder besides {good!r}; add at least one subfolder of defective parts"
-        )
-    return data_dir / good, defect_folders
 
 
 def load_parts(data_dir: Path, good: str, layout: TileLayout, seed: int) -> PartSplit:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import torch
 from edge.evaluation.metrics import classification_rates
 from edge.preprocess.ring import RingSearch
 from edge.preprocess.transform import Preprocessor
-from export.onnx_graph import OPSET
+from export.onnx_graph import OPSET, export_onnx
 from export.package_writer import file_list_sha256, write_package
 from export.tile_data import DEFECT_LABEL, Part, TileLayout, load_parts, normalised_batch, tile_preprocessor
 from export.tile_nets import TileClassifier, TileClassifierGraph, build_tile_classifier
@@ -150,26 +148,7 @@ def export_graph(model: TileClassifier, tile_size: int) -> bytes:
     """Export the graph with a dynamic tile axis, so one call scores all tiles of a part."""
     graph = TileClassifierGraph(model).eval()
     example = torch.zeros(2, 3, tile_size, tile_size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated since torch 2.9 but handles this graph;
-        # the dynamo exporter needs onnxscript. The "SAME" padding sizes are traced as constants
-        # on purpose, because the tile size is fixed.
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(
-            graph,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=OUTPUT_NAMES,
-            dynamic_axes={INPUT_NAME: {0: "tiles"}, OUTPUT_NAMES[0]: {0: "tiles"}, OUTPUT_NAMES[1]: {0: "tiles"}},
-            do_constant_folding=True,
-        )
-    return buffer.getvalue()
+    return export_onnx(graph, example, INPUT_NAME, OUTPUT_NAMES, dynamic_batch="tiles")
 
 
 def check_parity(model: TileClassifier, session, parts: list[Part], preprocessor: Preprocessor) -> dict:

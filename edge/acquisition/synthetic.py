@@ -569,7 +569,7 @@ class SyntheticSource(FrameSource):
 
 
 def _lit(image: np.ndarray, relative_brightness: float) -> np.ndarray:
-    """The image as the camera sees it under a light at `relative_brightness` of the nominal one."""
+    """Return the image as captured under a light at `relative_brightness` of the nominal one."""
     if relative_brightness == 1.0:
         return image
     return np.clip(image.astype(np.float32) * max(relative_brightness, 0.0), 0, 255).astype(np.uint8)

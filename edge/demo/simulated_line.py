@@ -36,8 +36,8 @@ CONVEYOR_COUNTS_PER_S = 10000.0
 EJECTOR_DISTANCE_COUNTS = 5000
 # Maximum time to wait, after the last part was presented, for the daemon to publish every part.
 SETTLE_S = 5.0
-# The simulated PLC is polled every 2 ms; above this rate its part counter often moves by more
-# than one between two polls, and the extra parts become missed_trigger rejects.
+# The simulated PLC is polled every 2 ms. Above this rate its part counter often moves by more
+# than one between two polls, so the extra parts become missed_trigger rejects.
 MAX_RATE_PPS = 100.0
 SIMULATED_PLC_PRIORITY = 20
 REJECT_COIL = 0x13
@@ -192,7 +192,7 @@ def _start_plc(protocol: str, alias: Path, conveyor: Conveyor):
         from edge.lineio.simulated.ascii_plc import SimulatedAsciiPlc
 
         plc = SimulatedAsciiPlc(alias=alias, conveyor=conveyor, encoder_interval_ms=5.0)
-    # The PLC stands in for separate hardware: its clock readings must not wait on the daemon's load.
+    # The simulated PLC plays the part of separate hardware, so its clock readings must not wait on the daemon's load.
     plc.realtime_priority = SIMULATED_PLC_PRIORITY
     return plc.start()
 

@@ -49,11 +49,11 @@ class ClassImage:
         return f"{self.class_name}/{self.path.name}"
 
 
-def list_class_images(data_dir: Path, good: str) -> list[ClassImage]:
-    """Return the good class's images, then each defective class's images, sorted by name.
+def class_folders(data_dir: Path, good: str) -> tuple[Path, list[Path]]:
+    """Return the good class folder and the defect class folders (every other subfolder) of `data_dir`.
 
     Raises ValueError naming the folder when the data folder or the good class folder is
-    missing, when there is no defective class folder, or when a class folder has no images.
+    missing, when `good` is a path rather than a folder name, or when there is no defect class.
     """
     if data_dir.is_file():
         raise ValueError(f"data folder {data_dir} is a file, not a folder; pass a folder with one subfolder per class")
@@ -62,6 +62,7 @@ def list_class_images(data_dir: Path, good: str) -> list[ClassImage]:
     if "/" in good.rstrip("/"):
         raise ValueError(f"--good {good!r} is a path; pass the bare name of the good parts' folder, such as ok")
     good = good.rstrip("/")
+
     class_dirs = sorted(path for path in data_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
     names = [path.name for path in class_dirs]
     if good not in names:
@@ -74,8 +75,16 @@ def list_class_images(data_dir: Path, good: str) -> list[ClassImage]:
         raise ValueError(
             f"{data_dir} has no defective class folder besides {good}; add a folder of defective parts next to it"
         )
+    return data_dir / good, defect_dirs
 
-    images = [ClassImage(path, good, False) for path in _images_in(data_dir / good)]
+
+def list_class_images(data_dir: Path, good: str) -> list[ClassImage]:
+    """Return the good class's images, then each defective class's images, sorted by name.
+
+    Raises ValueError as `class_folders` does, and when a class folder has no images.
+    """
+    good_dir, defect_dirs = class_folders(data_dir, good)
+    images = [ClassImage(path, good_dir.name, False) for path in _images_in(good_dir)]
     for defect_dir in defect_dirs:
         images += [ClassImage(path, defect_dir.name, True) for path in _images_in(defect_dir)]
     return images

@@ -519,7 +519,7 @@ class LightController:
 
     def _send_recipe(self, recipe: LightRecipe) -> None:
         # Sending the confirmed recipe again (a check) keeps `confirmed` until a command fails, so
-        # parts captured during a check are not rejected; a new recipe is unconfirmed until sent.
+        # parts captured during a check are not rejected. A new recipe is unconfirmed until sent.
         if recipe != self._confirmed_recipe:
             self._confirmed = False
         try:

@@ -316,5 +316,5 @@ class LineIO:
                 continue
             try:
                 device.close()
-            except Exception as error:  # closing must release the other devices whatever happens
+            except Exception as error:  # one failed close must not keep the other ports open
                 log.warning("closing a line device failed", device=type(device).__name__, error=repr(error))

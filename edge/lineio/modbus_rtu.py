@@ -545,7 +545,7 @@ def _register_blocks(
     """Return the (start, count) reads that cover the encoder, part counter and latch registers.
 
     One read covers them all when they lie within MAX_BLOCK_REGISTERS of each other, because one
-    request costs less port time than several; otherwise each is read on its own.
+    request costs less port time than several. Otherwise each is read on its own.
     """
     wanted = [(address, width) for address, width in ((encoder_address, 2), (part_counter_address, 1), (latch_address, 2))
               if address is not None]

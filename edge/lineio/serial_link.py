@@ -27,8 +27,8 @@ from edge.lineio.base import DeviceTimeout, LineIOError
 
 log = structlog.get_logger(__name__)
 
-# What a failing port raises: pyserial's own errors, OS errors, and termios errors from tcdrain
-# or tcflush on a port whose device has gone.
+# Exceptions of a failing port: pyserial's own errors, OS errors, and termios errors that tcdrain
+# or tcflush raise on a port whose device has gone.
 _PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 # Upper bound of one blocking read inside a deadline loop; bounds how far a deadline can overshoot.
@@ -119,9 +119,9 @@ class SerialLink:
     def write(self, data: bytes) -> None:
         """Write all of `data` within the write timeout.
 
-        A write does not wait for a read in progress on another thread (a reader thread that
-        waits for unsolicited lines), because reading and writing a port at once is safe; writes
-        are serialised among themselves.
+        A write does not wait for a read in progress on another thread, such as a reader thread
+        that waits for unsolicited lines, because reading and writing a port at once is safe.
+        Writes are serialised among themselves.
         """
         port = self._serial
         if port is None:
@@ -155,7 +155,7 @@ class SerialLink:
     def read_frame(self, frame_end: Callable[[bytes], int | None], timeout_s: float) -> bytes:
         """Read until `frame_end(buffer)` returns the length of a complete frame at the buffer's start.
 
-        The deadline holds however the bytes arrive: a device that trickles one byte at a time
+        The deadline applies however the bytes arrive: a device that trickles one byte at a time
         cannot stretch the read.
         """
         deadline = time.monotonic() + timeout_s
@@ -267,7 +267,7 @@ class SerialLink:
         pattern = self.settings.port
         if not glob.has_magic(pattern):
             return pattern
-        matches = sorted(glob.glob(pattern))
+        matches = matching_ports(pattern)
         if len(matches) != 1:
             found = "no serial device matches" if not matches else f"{len(matches)} devices match ({', '.join(matches)})"
             self._note_failure(f"{found} {pattern}")
@@ -311,6 +311,11 @@ class SerialLink:
                 port.close()
             except _PORT_ERRORS:
                 pass
+
+
+def matching_ports(pattern: str) -> list[str]:
+    """Return the device paths a configured `port` (a path or a glob) names, sorted."""
+    return sorted(glob.glob(pattern))
 
 
 def _end_of(buffer: bytes, terminator: bytes) -> int | None:

@@ -117,7 +117,7 @@ class RingSearch:
     edge radius, so chips and burrs on the rim (which stick out of the circle) stay in the strip.
 
     `min_edge_support` is the fraction of rays around the circle that must hit an edge within
-    1.5 px of the fitted circle, and `min_edge_contrast` the smallest radial intensity change
+    1.5 px of the fitted circle. `min_edge_contrast` is the smallest radial intensity change
     that counts as an edge, in grey levels per pixel after a 5x5 Gaussian blur.
 
     `min_axis_ratio` is the flattest ellipse (minor / major axis) accepted for the outer edge;

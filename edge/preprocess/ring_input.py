@@ -145,11 +145,23 @@ def tiles_for_model(
     image: np.ndarray, ring_section: RingSection | dict[str, Any]
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Return the uint8 tiles [N, h, w(, C)] of a frame's aligned strip and their (row, column) origins."""
+    _, tiles, origins = strip_and_tiles(image, ring_section)
+    return tiles, origins
+
+
+def strip_and_tiles(
+    image: np.ndarray, ring_section: RingSection | dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Return the aligned strip of a frame, its uint8 tiles and their (row, column) origins.
+
+    Training cuts its tiles here, so it sees exactly the tiles the daemon scores.
+    """
     section = _unwrapping(as_ring_section(ring_section))
     if section.tiles is None:
         raise ValueError("the ring section has no tiles; use strip_for_model for untiled ring models")
     _, strip, _ = _aligned_strip(image, section)
-    return tile_strip(strip, section.tiles)
+    tiles, origins = tile_strip(strip, section.tiles)
+    return strip, tiles, origins
 
 
 class RingPreprocessor:

@@ -170,9 +170,9 @@ def test_existing_package_needs_force(full, washers, capsys):
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
-        ("missing", "does not exist"),
-        ("no_good", "good class folder 'good' not found"),
-        ("no_defect", "no defect class folder"),
+        ("missing", "is missing"),
+        ("no_good", "is missing (class folders: chip)"),
+        ("no_defect", "no defective class folder"),
         ("few_images", "too few for a 3:1:1"),
     ],
 )

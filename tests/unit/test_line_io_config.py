@@ -30,7 +30,9 @@ def test_full_line_builds_devices():
     }).line_io
     assert LineIO.configured(line_io)
     line = LineIO(line_io)
-    assert line.reject_output is not None and line.plc_input is not None and line.light is not None
+    assert line.reject_output is not None
+    assert line.plc_input is not None
+    assert line.light is not None
 
 
 @pytest.mark.parametrize(

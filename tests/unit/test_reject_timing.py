@@ -81,7 +81,8 @@ def test_pulses_failed_and_rejected_parts_in_order():
     assert starts == [2, 3, 5]
     assert [kind for kind, _, _ in output.events].count("off") == 3
     status = scheduler.describe()
-    assert status["counters"]["pulses"] == 3 and status["counters"]["passed"] == 2
+    assert status["counters"]["pulses"] == 3
+    assert status["counters"]["passed"] == 2
     assert status["timing_error_ms"]["count"] == 3
 
 

@@ -27,10 +27,10 @@ class SimulatedLightController(PtyDevice):
     """A light controller with `channels` channels that replies like the real device.
 
     Gardasoft style: channels 1 to `channels`; `RSc,s`, `RTc,p,d,s` and `TRc` lines ended by CR
-    are answered with the prompt `>`, and an unknown command or a bad value with `Err n` CRLF
+    are acknowledged with the prompt `>`, and an unknown command or a bad value with `Err n` CRLF
     then `>` (n = 1 unknown command, 2 bad value, 9 failure set by `fail_commands`).
     CCS style: channels 0 to `channels` - 1; frames `@{ch}F{0-255}` and `@{ch}L{1|0}00` with a sum
-    checksum and CRLF are answered `@{ch}O` plus checksum and CRLF, and a bad checksum, command or
+    checksum and CRLF are acknowledged with `@{ch}O` plus checksum and CRLF, and a bad checksum, command or
     value with `@{ch}N` plus checksum and CRLF.
     """
 
@@ -76,7 +76,7 @@ class SimulatedLightController(PtyDevice):
             self._fail_next = count
 
     def power_off(self) -> None:
-        """Cut the controller's power: every channel goes dark and no command is answered."""
+        """Cut the controller's power: every channel goes dark and no command gets a reply."""
         self.silent.set()
         with self._state_lock:
             for state in self._state.values():
@@ -84,7 +84,7 @@ class SimulatedLightController(PtyDevice):
         self._buffer = b""
 
     def power_on(self) -> None:
-        """Restore power: the controller answers again, with every channel off until it is set."""
+        """Restore power: the controller replies again, with every channel off until it is set."""
         self.silent.clear()
 
     # Serving the station
