@@ -72,6 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, roc.png and overlays")
     evaluate.add_argument("--overlays", type=integer_in(0, 100000),
                           help="with --good: overlay images written per class (default: 4)")
+    evaluate.add_argument("--boxes", type=Path, metavar="FILE",
+                          help="with --good: JSON file of defect boxes per image, in frame pixels; adds the pointing "
+                               "game and the map mass in the boxes to the metrics")
     evaluate.add_argument("--image-threshold", type=finite_float, help="override the package's image threshold")
     evaluate.add_argument("--pixel-threshold", type=finite_float, help="override the package's pixel threshold")
     evaluate.add_argument("--threads", type=integer_in(1, 256), default=2,
@@ -238,17 +241,40 @@ def _eval(args: argparse.Namespace) -> int:
     if args.good is None and args.overlays is not None:
         print("edge-inspect eval: --overlays applies to class folders; add --good NAME or remove it", file=sys.stderr)
         return EXIT_USAGE
+    if args.good is None and args.boxes is not None:
+        print("edge-inspect eval: --boxes applies to class folders only; add --good NAME or remove it", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.good is not None:
             metrics = evaluate_classes(args.model, args.data, args.out, args.good, inspector_kwargs,
-                                       overlays_per_class=4 if args.overlays is None else args.overlays)
+                                       overlays_per_class=4 if args.overlays is None else args.overlays,
+                                       boxes_path=args.boxes)
         else:
             metrics = evaluate(args.model, args.data, args.out, inspector_kwargs=inspector_kwargs)
     except (PackageError, ValueError, OSError) as error:
         print(f"edge-inspect eval: {error}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps({key: value for key, value in metrics.items() if key != "per_class"}, indent=2, default=str))
+
+    summary = {key: value for key, value in metrics.items() if key != "per_class"}
+    if "localisation" in summary:
+        summary["localisation"] = {key: value for key, value in summary["localisation"].items() if key != "per_image"}
+    print(json.dumps(summary, indent=2, default=str))
+    if "localisation" in metrics:
+        # stderr keeps stdout a single JSON document for scripts.
+        print(_localisation_headline(metrics["localisation"]), file=sys.stderr)
     return 0
+
+
+def _localisation_headline(localisation: dict) -> str:
+    """Return the pointing-game rate and mean map mass in the boxes, of all boxed images and of the failed ones."""
+
+    def figures(block: dict) -> str:
+        if not block["images_with_boxes"]:
+            return "no images"
+        return (f"pointing game {block['pointing_game_hits']}/{block['images_with_boxes']} "
+                f"({block['pointing_game_rate']:.3f}), mean mass in boxes {block['mean_mass_in_boxes']:.3f}")
+
+    return f"localisation: {figures(localisation)}; on failed images: {figures(localisation['detected'])}"
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ daemon does.
 A package whose `ring` section sets `unwrap` is preprocessed by RingPreprocessor: the part's
 ring is found and unwrapped (and tiled for a tile classifier). Its map, which covers the strip,
 is drawn back onto the cropped frame before the decision, so regions and the published map are
-in frame geometry for every kind.
+in frame geometry for every kind. An attention package with a `windows` section is preprocessed
+by WindowPreprocessor into overlapping windows of the cropped frame, and its model stitches the
+window maps into a map of the cropped frame.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import onnxruntime as ort
 
 from edge.config import DecisionConfig, InferenceConfig
 from edge.decision.verdict import Decider
+from edge.inference.attention import AttentionModel
 from edge.inference.models import InspectionModel, ModelOutput, load_model, ring_section_of
 from edge.inference.package import ModelPackage, PackageError, Thresholds, load_package
 from edge.parts import Region, Verdict
 from edge.preprocess.ring import Ring
 from edge.preprocess.ring_input import ModelInput, RingPreprocessor, check_tiles_match_input
 from edge.preprocess.transform import PreprocessError, Preprocessor, Roi
+from edge.preprocess.windows import WINDOWS_SECTION, WindowPreprocessor
 
 
 @dataclass
@@ -35,7 +39,8 @@ class Decision:
     """The verdict of one part with its regions and the anomaly map in frame geometry.
 
     `anomaly_map` covers `map_frame_xywh` (the ROI, or the whole frame). It has the model's
-    input size for whole-frame packages and the size of that rectangle for ring packages.
+    input size for whole-frame packages and the size of that rectangle for ring and windowed
+    packages.
     """
 
     verdict: Verdict
@@ -78,6 +83,7 @@ class Inspector:
         self.ring_section = ring_section_of(package)
         self.model: InspectionModel = load_model(package, inference or InferenceConfig())
         self.ring_preprocessor = self._ring_preprocessor()
+        self.window_preprocessor = self._window_preprocessor()
         self.decider = Decider(self.thresholds, decision or DecisionConfig())
 
     @classmethod
@@ -85,9 +91,15 @@ class Inspector:
         return cls(load_package(model_dir), **kwargs)
 
     def preprocess(self, image: np.ndarray) -> ModelInput:
-        """Return the model input of a BGR or grey uint8 frame; raises RingNotFound for a ring package."""
+        """Return the model input of a BGR or grey uint8 frame.
+
+        Raises RingNotFound when a ring package finds no ring, and PreprocessError when the
+        cropped frame is smaller than a windowed package's window.
+        """
         if self.ring_preprocessor is not None:
             return self.ring_preprocessor(image)
+        if self.window_preprocessor is not None:
+            return self.window_preprocessor(image)
         cropped_shape = self.preprocessor.crop(image).shape
         return ModelInput(self.preprocessor(image), (int(cropped_shape[0]), int(cropped_shape[1])))
 
@@ -157,6 +169,16 @@ class Inspector:
         except PreprocessError as error:
             raise PackageError(f"{self.package.path}: {error}") from error
         return RingPreprocessor(section, self.package.preprocess, roi=self.preprocessor.roi)
+
+    def _window_preprocessor(self) -> WindowPreprocessor | None:
+        if self.package.description.get(WINDOWS_SECTION) is None:
+            return None
+        if not isinstance(self.model, AttentionModel):
+            raise PackageError(
+                f"{self.package.path}: a {self.package.kind} package cannot have a windows section; export it again "
+                "without windows, or as an attention model"
+            )
+        return WindowPreprocessor(self.model.windows, self.package.preprocess, roi=self.preprocessor.roi)
 
     def _locate_on_ring(self, region: Region, model_input: ModelInput, map_frame_xywh: tuple[int, int, int, int]) -> Region:
         x, y = region.peak_xy[0] - map_frame_xywh[0], region.peak_xy[1] - map_frame_xywh[1]

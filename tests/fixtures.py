@@ -111,6 +111,63 @@ def make_tile_classifier_package(
     )
 
 
+def make_attention_package(
+    out_dir: Path,
+    window_px: int = 32,
+    stride_px: int | None = 16,
+    threshold: float = 0.5,
+    pixel_threshold: float | None = None,
+    window_width_px: int | None = None,
+    windows: dict | None = None,
+    ring: dict | None = None,
+    bicam_output: str = "bicam",
+) -> Path:
+    """Write an `attention`-kind package whose Bi-CAM is the channel mean of the input.
+
+    The input is `windows` [N, 3, window_px, window_width_px (default window_px)]. With the tf
+    normalisation the Bi-CAM of grey level g is (g - 127.5) / 128, negative for dark pixels.
+    A window's defect probability is the sigmoid of its Bi-CAM's maximum, sigmoid((g_max - 127.5) / 128).
+    That is 0.27 for a black window and 0.73 for a window with a white pixel. The default
+    threshold 0.5 thus fails any window with a pixel brighter than 127.5. `stride_px` None writes no windows
+    section (the whole frame is resized to the input); `windows` replaces the section written.
+    `ring` becomes the package's `ring` section, and `bicam_output` renames the map output.
+    """
+    window_width_px = window_width_px or window_px
+    image = helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["N", 3, window_px, window_width_px])
+    probability = helper.make_tensor_value_info("defect_probability", TensorProto.FLOAT, ["N"])
+    bicam = helper.make_tensor_value_info(bicam_output, TensorProto.FLOAT, ["N", window_px, window_width_px])
+    nodes = [
+        helper.make_node("ReduceMean", ["windows"], [bicam_output], axes=[1], keepdims=0),
+        helper.make_node("ReduceMax", [bicam_output], ["peak"], axes=[1, 2], keepdims=0),
+        helper.make_node("Sigmoid", ["peak"], ["defect_probability"]),
+    ]
+    graph = helper.make_graph(nodes, "attention_brightness", [image], [probability, bicam])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+
+    sections: dict = {}
+    if windows is not None:
+        sections["windows"] = windows
+    elif stride_px is not None:
+        sections["windows"] = {"tile_height_px": window_px, "tile_width_px": window_width_px, "stride_px": stride_px}
+    if ring is not None:
+        sections["ring"] = ring
+    return write_package(
+        out_dir,
+        model.SerializeToString(),
+        kind="attention",
+        name="attention-brightness",
+        version="test-1",
+        preprocess=_tf_spec(window_px, window_width_px),
+        thresholds={
+            "image": {"value": threshold, "method": "fixed for tests"},
+            "pixel": {"value": threshold if pixel_threshold is None else pixel_threshold, "method": "fixed for tests"},
+        },
+        onnx_info={"opset": 17, "input": "windows", "outputs": ["defect_probability", bicam_output]},
+        sections=sections,
+    )
+
+
 def _tf_spec(height_px: int, width_px: int) -> PreprocessSpec:
     mean, std = NORMALIZATIONS["tf"]
     return PreprocessSpec(height_px, width_px, normalization="tf", mean=mean, std=std)

@@ -8,6 +8,9 @@ Expected layout under the data folder: one folder per class, for example
 Every image goes through `Inspector.inspect`, the preprocessing, model and decision that the
 daemon runs. A part counts as predicted defective when its verdict is FAIL, or when its ring
 is not found (the daemon rejects such a part).
+
+With a boxes file, images that have defect boxes are also scored for localisation (pointing
+game and map mass in the boxes, see edge.evaluation.localisation).
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ import numpy as np
 import structlog
 
 from edge.evaluation.classification import ClassifiedPart, classification_metrics
+from edge.evaluation.localisation import Box, LocalisationScore, load_boxes, localisation_metrics, score_localisation
 from edge.evaluation.report import write_roc_report
 from edge.evaluation.runner import METRICS_FILE, ROC_FILE, _enlarge_small, _images_in, _json_safe, _Progress, _read_image
 from edge.inspector import Inspection, Inspector
 from edge.parts import Verdict
 from edge.preprocess.ring import Ring, RingNotFound, draw_ring
+from edge.preprocess.transform import PreprocessError
 from edge.visualize import overlay_anomaly_map
 
 log = structlog.get_logger(__name__)
 
 OVERLAY_FOLDER = "overlays"
+BOX_COLOR_BGR = (0, 255, 0)
 
 
 @dataclass(frozen=True)
@@ -97,17 +103,23 @@ def evaluate_classes(
     good: str,
     inspector_kwargs: dict[str, Any] | None = None,
     overlays_per_class: int = 4,
+    boxes_path: Path | None = None,
 ) -> dict[str, Any]:
     """Inspect every image, write metrics.json, roc.png and overlays/ to `out_dir`, return the metrics.
 
     `overlays/` receives the first `overlays_per_class` images of each class (by name), with
-    the anomaly map, the regions and the ring drawn. Undefined metrics (NaN) are written as None.
+    the anomaly map, the regions, the ring and the defect boxes drawn. Undefined metrics (NaN)
+    are written as None. With `boxes_path` (a boxes file, see localisation.parse_boxes) the
+    metrics gain a `localisation` section. Raises ValueError naming the image for a frame that
+    the package cannot preprocess, and naming the key for a boxes file that does not match the
+    data folder.
     """
     if overlays_per_class < 0:
         raise ValueError(f"overlays_per_class is {overlays_per_class}; pass 0 or more")
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     started = time.perf_counter()
     images = list_class_images(data_dir, good)
+    boxes = _boxes_of_images(Path(boxes_path), images, data_dir) if boxes_path is not None else None
     inspector = Inspector.from_path(model_dir, **(inspector_kwargs or {}))
     log.info("evaluation started", model=inspector.package.identity(), data_dir=str(data_dir), images=len(images), good=good)
 
@@ -118,6 +130,8 @@ def evaluate_classes(
     for stale in overlay_dir.glob("*.png"):
         stale.unlink()
     written: dict[str, int] = {}
+    localised: list[tuple[ClassImage, Inspection, LocalisationScore]] = []
+    without_map = 0
 
     for index, class_image in enumerate(images):
         progress.update(index, class_image.name)
@@ -127,11 +141,22 @@ def evaluate_classes(
         except RingNotFound as error:
             log.info("ring not found", image=class_image.name, error=str(error))
             inspection = None
+        except PreprocessError as error:
+            raise ValueError(f"image {class_image.path} cannot be preprocessed for this model: {error}") from error
         parts.append(_classified(class_image, inspection))
+
+        image_boxes = boxes.get(class_image.name) if boxes is not None else None
+        if image_boxes is not None:
+            _check_boxes_in_image(image_boxes, class_image, image.shape, boxes_path)
+            if inspection is None:
+                without_map += 1
+            else:
+                score = score_localisation(inspection.anomaly_map, inspection.map_frame_xywh, image_boxes)
+                localised.append((class_image, inspection, score))
 
         if written.get(class_image.class_name, 0) < overlays_per_class:
             written[class_image.class_name] = written.get(class_image.class_name, 0) + 1
-            _write_overlay(inspector, image, class_image, inspection, overlay_dir)
+            _write_overlay(inspector, image, class_image, inspection, overlay_dir, image_boxes)
     progress.finish()
 
     metrics = classification_metrics(parts)
@@ -142,6 +167,7 @@ def evaluate_classes(
         "image_threshold": inspector.thresholds.image,
         "pixel_threshold": inspector.thresholds.pixel,
         **metrics,
+        **({"localisation": _localisation_section(localised, without_map)} if boxes is not None else {}),
     })
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -161,6 +187,50 @@ def evaluate_classes(
     return metrics
 
 
+def _boxes_of_images(boxes_path: Path, images: list[ClassImage], data_dir: Path) -> dict[str, list[Box]]:
+    """Load the boxes file and check that each key names an evaluated image."""
+    boxes = load_boxes(boxes_path)
+    names = {class_image.name for class_image in images}
+    for key in boxes:
+        if key not in names:
+            example = next((class_image.name for class_image in images if class_image.defective), images[0].name)
+            raise ValueError(
+                f"{boxes_path}: {key!r} names no image of {data_dir}; keys are <class folder>/<file name> "
+                f"relative to the data folder, such as {example!r}. Fix the key or remove it"
+            )
+    return boxes
+
+
+def _check_boxes_in_image(boxes: list[Box], class_image: ClassImage, image_shape: tuple[int, ...], boxes_path: Path) -> None:
+    height, width = image_shape[:2]
+    for box in boxes:
+        if box[0] >= width or box[1] >= height:
+            raise ValueError(
+                f"{boxes_path}: {class_image.name!r} has the box {list(box)} outside its {width}x{height} px image "
+                "(width x height); fix the box, whose coordinates are 0-based frame pixels"
+            )
+
+
+def _localisation_section(localised: list[tuple[ClassImage, Inspection, LocalisationScore]], without_map: int) -> dict[str, Any]:
+    """Return the localisation metrics, the count of boxed images without a map (rejected) and per-image results."""
+    scores = [score for _, _, score in localised]
+    detected = [inspection.verdict is Verdict.FAIL for _, inspection, _ in localised]
+    return {
+        **localisation_metrics(scores, detected),
+        "images_without_map": without_map,
+        "per_image": [
+            {
+                "image": class_image.name,
+                "verdict": inspection.verdict.value,
+                "pointing_game_hit": score.hit,
+                "mass_in_boxes": score.mass_in_boxes,
+                "peak_xy": None if score.peak_xy is None else [round(value, 2) for value in score.peak_xy],
+            }
+            for class_image, inspection, score in localised
+        ],
+    }
+
+
 def _classified(class_image: ClassImage, inspection: Inspection | None) -> ClassifiedPart:
     if inspection is None:
         return ClassifiedPart(class_image.class_name, class_image.defective, None, Verdict.REJECT)
@@ -168,9 +238,14 @@ def _classified(class_image: ClassImage, inspection: Inspection | None) -> Class
 
 
 def _write_overlay(
-    inspector: Inspector, image: np.ndarray, class_image: ClassImage, inspection: Inspection | None, overlay_dir: Path
+    inspector: Inspector,
+    image: np.ndarray,
+    class_image: ClassImage,
+    inspection: Inspection | None,
+    overlay_dir: Path,
+    boxes: list[Box] | None = None,
 ) -> None:
-    """Write the image with its anomaly map, regions, ring and a caption."""
+    """Write the image with its anomaly map, regions, ring, defect boxes (green) and a caption."""
     threshold = inspector.thresholds.image
     if inspection is None:
         label = f"{class_image.name}: REJECT ring not found"
@@ -185,6 +260,11 @@ def _write_overlay(
     overlay = overlay_anomaly_map(enlarged, anomaly_map, scale_max, regions=regions, roi=roi, label=label)
     if ring is not None:
         overlay = draw_ring(overlay, _scaled_ring(ring, factor))
+    thickness_px = max(1, round(min(overlay.shape[:2]) / 300))
+    for x0, y0, x1, y1 in boxes or []:
+        corner_from = (round(x0 * factor), round(y0 * factor))
+        corner_to = (round(x1 * factor) - 1, round(y1 * factor) - 1)
+        cv2.rectangle(overlay, corner_from, corner_to, BOX_COLOR_BGR, thickness_px)
 
     path = overlay_dir / f"{class_image.class_name}_{class_image.path.stem}.png"
     if not cv2.imwrite(str(path), overlay):

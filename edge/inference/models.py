@@ -76,7 +76,7 @@ def register_model_kind(kind: str) -> Callable[[type[InspectionModel]], type[Ins
 def load_model(package: ModelPackage, config: InferenceConfig) -> InspectionModel:
     """Create the session for a package, pick its model kind and warm it up before the first part."""
     # Importing the kind modules registers them.
-    from edge.inference import padim, tile_classifier  # noqa: F401
+    from edge.inference import attention, padim, tile_classifier  # noqa: F401
 
     model_class = MODEL_KINDS.get(package.kind)
     if model_class is None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import zmq
 
+from edge.acquisition.factory import create_source
+from edge.config import validate_config
+from edge.pipeline import build_pipeline
 from edge.publish.messages import decode_result
 
 
@@ -79,3 +83,18 @@ class Collector:
         finally:
             subscriber.close()
             context.term()
+
+
+def run_folder(package: Path, folder: Path, count: int) -> tuple[dict, Collector]:
+    """Run the daemon on every image of `folder` with `package`; return its summary and the collected results."""
+    endpoint = free_tcp_endpoint()
+    config = validate_config({
+        "model": {"path": str(package)},
+        "source": {"kind": "folder", "path": str(folder)},
+        "publish": {"endpoint": endpoint, "subscriber_grace_ms": 300, "map_encoding": "float16"},
+    })
+    with Collector(endpoint) as collector:
+        summary = build_pipeline(config, create_source(config.source)).run()
+        assert collector.wait_for_results(count, timeout_s=10)
+        collector.wait_quiet(0.3)
+    return summary, collector

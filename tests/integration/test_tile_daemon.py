@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
-from edge.acquisition.factory import create_source
 from edge.acquisition.synthetic import render_part
-from edge.config import validate_config
 from edge.inspector import Inspector
-from edge.pipeline import build_pipeline
 from edge.preprocess.polar import UnwrapSpec
 from edge.preprocess.ring import RingSearch
 from edge.preprocess.ring_input import tiles_for_model
 from edge.preprocess.tiling import TileSpec
 from tests.fixtures import make_tile_classifier_package
-from tests.integration.subscriber import Collector, free_tcp_endpoint
+from tests.integration.subscriber import run_folder
 
 WASHER_SECTION = {
     "search": RingSearch().to_dict(),
     "unwrap": UnwrapSpec(radial_px=16, angular_px=256).to_dict(),
     "tiles": TileSpec(tile_height_px=16, tile_width_px=16, stride_px=8).to_dict(),
 }
-
-
-def run_folder(package: Path, folder: Path, count: int) -> tuple[dict, Collector]:
-    endpoint = free_tcp_endpoint()
-    config = validate_config({
-        "model": {"path": str(package)},
-        "source": {"kind": "folder", "path": str(folder)},
-        "publish": {"endpoint": endpoint, "subscriber_grace_ms": 300, "map_encoding": "float16"},
-    })
-    with Collector(endpoint) as collector:
-        summary = build_pipeline(config, create_source(config.source)).run()
-        assert collector.wait_for_results(count, timeout_s=10)
-        collector.wait_quiet(0.3)
-    return summary, collector
 
 
 def test_blank_frame_rejected_ring_not_found(tmp_path):
