@@ -14,6 +14,8 @@ from edge.preprocess.transform import INTERPOLATIONS, NORMALIZATIONS, Roi
 BACKBONE_CHOICES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
 # The same names as export.tile_nets.ARCHITECTURES, repeated so that --help does not import torch.
 TILE_ARCHITECTURES = ("efficientnet_lite0", "squeezenet1_1", "resnet18")
+# The same names as export.attention_training.VARIANTS.
+ATTENTION_VARIANTS = ("two-stage", "one-stage", "gap-cam")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +111,67 @@ def _build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     tiles.add_argument("--force", action="store_true", help="replace an existing model package in --out")
     tiles.set_defaults(handler=_run_tiles)
+
+    attention = commands.add_parser(
+        "attention",
+        help="train a two-stage object-level attention classifier for radiographs (Bi-CAM maps)",
+        description="Stage 1 trains the type module on casting types. Stage 2 freezes it and trains the bilinear "
+                    "defect module on ok/defect windows. Sets the window threshold on validation windows (held out "
+                    "by series) and writes a model package whose daemon covers frames with overlapping windows.",
+    )
+    attention.add_argument("--types", type=Path,
+                           help="folder with one subfolder of whole radiographs per casting type (stage 1); "
+                                "not used by --variant one-stage")
+    attention.add_argument("--defects", type=Path, required=True,
+                           help="folder with ok/ and defect/ subfolders of equally sized grey windows (stage 2)")
+    attention.add_argument("--out", type=Path, required=True, help="model package folder to write")
+    attention.add_argument("--variant", choices=ATTENTION_VARIANTS, default="two-stage",
+                           help="two-stage: frozen type module + bilinear pooling (default); one-stage: the same network "
+                                "trained end to end on defects only; gap-cam: two-stage with average pooling and a plain "
+                                "CAM (the last two for comparison)")
+    attention.add_argument("--window-stride", type=integer_in(1, 4096),
+                           help="step in pixels between the windows that cover a frame in the daemon "
+                                "(default: half the window size)")
+    attention.add_argument("--type-epochs", type=integer_in(1, 1000), default=4,
+                           help="maximum epochs of stage 1, which stops early on the validation loss (default: 4)")
+    attention.add_argument("--epochs", type=integer_in(1, 1000), default=12,
+                           help="maximum epochs of stage 2, which stops early on the validation loss (default: 12)")
+    attention.add_argument("--windows-per-epoch", type=integer_in(64, 1_000_000), default=1024,
+                           help="augmented windows drawn per epoch, evenly by class and series (default: 1024)")
+    attention.add_argument("--validation-fraction", type=float, default=0.2,
+                           help="share of windows held out, as whole series, for early stopping and the threshold "
+                                "(default: 0.2)")
+    attention.add_argument("--weights", type=Path,
+                           help="EfficientNet-Lite0 state dict to start from (default: the bundled ImageNet weights)")
+    attention.add_argument("--seed", type=seed, default=0, help="seed of the split, the initialisation and the sampling")
+    attention.add_argument("--threads", type=integer_in(1, 256),
+                           help="CPU threads for PyTorch (default: PyTorch's choice, one per core)")
+    attention.add_argument("--name", help="model name in the package (default: the --out folder name)")
+    attention.add_argument("--model-version", help="model version string (default: the creation time, UTC)")
+    attention.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    attention.add_argument("--force", action="store_true", help="replace an existing model package in --out")
+    attention.set_defaults(handler=_run_attention)
+
+    gdxray = commands.add_parser(
+        "gdxray",
+        help="prepare GDXray casting series as the type and defect datasets of `attention`",
+        description="Copy the radiographs of the training series into one folder per casting type, cut annotated "
+                    "images into windows (defect: holds a whole box; ok: touches no box), and split by series so no "
+                    "series is in both training and test. The boxes are kept in boxes.json, for evaluation only.",
+    )
+    gdxray.add_argument("--data", type=Path, required=True,
+                        help="folder of GDXray series (C0001/ ... with ground_truth.txt and the readme)")
+    gdxray.add_argument("--out", type=Path, required=True, help="folder to write types/, defects/ and split.json to")
+    gdxray.add_argument("--window", type=integer_in(32, 4096), default=128, help="window side in pixels (default: 128)")
+    gdxray.add_argument("--stride", type=integer_in(1, 4096), default=64,
+                        help="step between windows in pixels (default: 64)")
+    gdxray.add_argument("--test-series", type=_parse_names,
+                        help="comma-separated series held out for testing (default: C0030,C0035,C0041,C0057)")
+    gdxray.add_argument("--ok-per-image", type=integer_in(0), default=16,
+                        help="ok windows kept per image, chosen at random with --seed (default: 16; 0 keeps all)")
+    gdxray.add_argument("--seed", type=seed, default=0, help="seed of the ok window choice")
+    gdxray.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    gdxray.set_defaults(handler=_run_gdxray)
     return parser
 
 
@@ -170,6 +233,53 @@ def _run_tiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_attention(args: argparse.Namespace) -> int:
+    from export.attention_export import AttentionOptions, export_attention
+    from export.attention_training import AttentionSettings
+
+    _check_output_folder(args.out, args.force)
+    options = AttentionOptions(
+        types_dir=args.types,
+        defects_dir=args.defects,
+        out_dir=args.out,
+        variant=args.variant,
+        window_stride_px=args.window_stride,
+        settings=AttentionSettings(
+            type_epochs=args.type_epochs,
+            defect_epochs=args.epochs,
+            windows_per_epoch=args.windows_per_epoch,
+            progress=not args.no_progress,
+        ),
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        threads=args.threads,
+        weights=args.weights,
+        name=args.name,
+        model_version=args.model_version,
+    )
+    summary = export_attention(options)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_gdxray(args: argparse.Namespace) -> int:
+    from export.gdxray import GdxrayOptions, prepare_gdxray
+
+    options = GdxrayOptions(
+        data_dir=args.data,
+        out_dir=args.out,
+        window_px=args.window,
+        stride_px=args.stride,
+        test_series=args.test_series,
+        ok_per_image=args.ok_per_image,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    summary = prepare_gdxray(options)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _check_output_folder(out: Path, force: bool) -> None:
     """Reject an --out that would overwrite files, unless it is a model package and --force is given."""
     if out.exists() and not out.is_dir():
@@ -222,6 +332,13 @@ def _parse_fractions(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"range {text!r} is invalid; write MIN,MAX as fractions, e.g. 0.3,0.5")
     return low, high
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"series list {text!r} is empty; write names separated by commas, e.g. C0030,C0057")
+    return names
 
 
 def _parse_size(text: str) -> tuple[int, int]:
