@@ -73,7 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overlays", type=integer_in(0, 100000),
                           help="with --good: overlay images written per class (default: 4)")
     evaluate.add_argument("--boxes", type=Path, metavar="FILE",
-                          help="with --good: JSON file of defect boxes per image, in frame pixels; adds the pointing "
+                          help="with --good: JSON file of defect boxes per image, in that image's pixels; adds the pointing "
                                "game and the map mass in the boxes to the metrics")
     evaluate.add_argument("--image-threshold", type=finite_float, help="override the package's image threshold")
     evaluate.add_argument("--pixel-threshold", type=finite_float, help="override the package's pixel threshold")

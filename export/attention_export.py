@@ -234,6 +234,8 @@ def _check_variant(options: AttentionOptions) -> tuple[str, bool]:
     head, two_stage = VARIANTS[options.variant]
     if two_stage and options.types_dir is None:
         raise ValueError(f"the {options.variant} variant trains stage 1 on casting types; pass --types DIR")
+    if not two_stage and options.types_dir is not None:
+        log.warning("the type dataset is not used by this variant", variant=options.variant, types=str(options.types_dir))
     return head, two_stage
 
 

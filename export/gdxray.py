@@ -355,7 +355,7 @@ def prepare_gdxray(options: GdxrayOptions) -> dict:
     skipped = Skipped()
     counts = {split: SplitCounts() for split in SPLITS}
     plans, type_images = _plan(all_series, split_of, options, skipped, counts)
-    _check_defect_windows(counts, train_names, test_names, options)
+    _check_defect_windows(counts, train_names, test_names, options, skipped)
 
     _clear_out_dir(out_dir)
     type_counts = _copy_type_images(type_images, out_dir / "types")
@@ -544,12 +544,22 @@ def _count_windows(windows: list[Window], part_type: str, counts: SplitCounts) -
 
 
 def _check_defect_windows(
-    counts: dict[str, SplitCounts], train_names: list[str], test_names: list[str], options: GdxrayOptions
+    counts: dict[str, SplitCounts],
+    train_names: list[str],
+    test_names: list[str],
+    options: GdxrayOptions,
+    skipped: Skipped,
 ) -> None:
     for split, names in (("train", train_names), ("test", test_names)):
         if counts[split].defect:
             continue
         listed = ", ".join(names) or "none"
+        too_small = [name for name in skipped.smaller_than_window if name.split("_")[0] in names]
+        if counts[split].images == 0 and too_small:
+            raise ValueError(
+                f"the {split} split (series: {listed}) has no annotated image as large as the {options.window_px} px "
+                "window, so it has no windows at all; use a smaller --window"
+            )
         raise ValueError(
             f"the {split} split (series: {listed}) has no defect windows with window_px={options.window_px} "
             f"stride_px={options.stride_px}; choose test series with annotated boxes smaller than the window, "

@@ -95,6 +95,12 @@ def load_defect_windows(defects_dir: Path) -> Windows:
     for label, folder_name in enumerate((OK_FOLDER, DEFECT_FOLDER)):
         folder = defects_dir / folder_name
         if not folder.is_dir():
+            nested = [path.parent for path in sorted(defects_dir.glob(f"*/{folder_name}")) if path.is_dir()]
+            if nested:
+                raise ValueError(
+                    f"defect dataset {defects_dir} has no {folder_name}/ folder, but {nested[0]} has one; "
+                    f"pass --defects {nested[0]}"
+                )
             raise ValueError(f"defect dataset {defects_dir} has no {folder_name}/ folder; add {folder} with its windows")
         paths = list_images(folder)
         for path in paths:
@@ -188,6 +194,11 @@ def load_type_images(types_dir: Path) -> TypeImages:
             "casting type (edge-export gdxray writes one)"
         )
     folders = sorted(path for path in types_dir.iterdir() if path.is_dir() and _has_images(path))
+    if {folder.name for folder in folders} == {OK_FOLDER, DEFECT_FOLDER}:
+        raise ValueError(
+            f"type dataset {types_dir} has the {OK_FOLDER}/ and {DEFECT_FOLDER}/ folders of a defect dataset; pass "
+            "the folder with one subfolder per casting type as --types (edge-export gdxray writes OUT/types)"
+        )
     if len(folders) < 2:
         raise ValueError(
             f"type dataset {types_dir} has {len(folders)} type folder(s) with images; stage 1 needs at least two, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,14 +125,69 @@ def evaluate_classes(
     log.info("evaluation started", model=inspector.package.identity(), data_dir=str(data_dir), images=len(images), good=good)
 
     progress = _Progress(len(images))
-    parts: list[ClassifiedPart] = []
+    # New overlays go to a partial folder and replace the old ones only once the run succeeds,
+    # so a failed run leaves the previous report whole.
+    partial_dir = out_dir / f".{OVERLAY_FOLDER}.partial"
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    partial_dir.mkdir(parents=True)
+    try:
+        parts, localised, without_map = _inspect_all(
+            inspector, images, boxes, boxes_path, partial_dir, overlays_per_class, progress
+        )
+    except BaseException:
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        raise
+    progress.finish()
+
+    metrics = classification_metrics(parts)
+    metrics = _json_safe({
+        "model": inspector.package.identity(),
+        "data_dir": str(data_dir),
+        "good_class": good,
+        "image_threshold": inspector.thresholds.image,
+        "pixel_threshold": inspector.thresholds.pixel,
+        **metrics,
+        **({"localisation": _localisation_section(localised, without_map)} if boxes is not None else {}),
+    })
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+    # Parts without a ring have no score, so the histogram and ROC of the report show the scored parts.
+    scored = [part for part in parts if part.image_score is not None]
+    write_roc_report(
+        out_dir / ROC_FILE,
+        np.array([int(part.defective) for part in scored]),
+        np.array([part.image_score for part in scored]),
+        inspector.thresholds.image,
+        f"{inspector.package.name} {inspector.package.version} on {data_dir.name}",
+    )
     overlay_dir = out_dir / OVERLAY_FOLDER
-    overlay_dir.mkdir(parents=True, exist_ok=True)
-    for stale in overlay_dir.glob("*.png"):
-        stale.unlink()
-    written: dict[str, int] = {}
+    shutil.rmtree(overlay_dir, ignore_errors=True)
+    partial_dir.rename(overlay_dir)
+    log.info(
+        "evaluation finished", out_dir=str(out_dir), accuracy=metrics["accuracy"], roc_auc=metrics["roc_auc"],
+        ring_not_found=metrics["ring_not_found"], elapsed_s=round(time.perf_counter() - started, 2),
+    )
+    return metrics
+
+
+def _inspect_all(
+    inspector: Inspector,
+    images: list[ClassImage],
+    boxes: dict[str, list[Box]] | None,
+    boxes_path: Path | None,
+    overlay_dir: Path,
+    overlays_per_class: int,
+    progress: _Progress,
+) -> tuple[list[ClassifiedPart], list[tuple[ClassImage, Inspection, LocalisationScore]], int]:
+    """Inspect every image, score its map against its boxes and write the first overlays of each class.
+
+    Returns the classified parts, the localisation scores of images with boxes, and the number
+    of images with boxes that had no map (ring not found).
+    """
+    parts: list[ClassifiedPart] = []
     localised: list[tuple[ClassImage, Inspection, LocalisationScore]] = []
     without_map = 0
+    written: dict[str, int] = {}
 
     for index, class_image in enumerate(images):
         progress.update(index, class_image.name)
@@ -157,34 +213,7 @@ def evaluate_classes(
         if written.get(class_image.class_name, 0) < overlays_per_class:
             written[class_image.class_name] = written.get(class_image.class_name, 0) + 1
             _write_overlay(inspector, image, class_image, inspection, overlay_dir, image_boxes)
-    progress.finish()
-
-    metrics = classification_metrics(parts)
-    metrics = _json_safe({
-        "model": inspector.package.identity(),
-        "data_dir": str(data_dir),
-        "good_class": good,
-        "image_threshold": inspector.thresholds.image,
-        "pixel_threshold": inspector.thresholds.pixel,
-        **metrics,
-        **({"localisation": _localisation_section(localised, without_map)} if boxes is not None else {}),
-    })
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-    # Parts without a ring have no score, so the histogram and ROC of the report show the scored parts.
-    scored = [part for part in parts if part.image_score is not None]
-    write_roc_report(
-        out_dir / ROC_FILE,
-        np.array([int(part.defective) for part in scored]),
-        np.array([part.image_score for part in scored]),
-        inspector.thresholds.image,
-        f"{inspector.package.name} {inspector.package.version} on {data_dir.name}",
-    )
-    log.info(
-        "evaluation finished", out_dir=str(out_dir), accuracy=metrics["accuracy"], roc_auc=metrics["roc_auc"],
-        ring_not_found=metrics["ring_not_found"], elapsed_s=round(time.perf_counter() - started, 2),
-    )
-    return metrics
+    return parts, localised, without_map
 
 
 def _boxes_of_images(boxes_path: Path, images: list[ClassImage], data_dir: Path) -> dict[str, list[Box]]:

@@ -67,8 +67,9 @@ def window_origins(crop_shape: tuple[int, ...], spec: TileSpec) -> list[tuple[in
     if height < spec.tile_height_px or width < spec.tile_width_px:
         raise PreprocessError(
             f"the cropped frame is {width}x{height} px (width x height), smaller than the model's "
-            f"{spec.tile_width_px}x{spec.tile_height_px} px window; use a larger ROI (preprocess.roi) "
-            "or a model with smaller windows"
+            f"{spec.tile_width_px}x{spec.tile_height_px} px window; use a larger ROI (preprocess.roi), or, when "
+            "the whole frame is used already, a model with smaller windows (edge-export gdxray --window, then "
+            "edge-export attention)"
         )
     return tile_origins(crop_shape, spec, wrap_columns=False)
 

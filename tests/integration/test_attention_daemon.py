@@ -235,6 +235,22 @@ def test_eval_box_outside_image(package, tmp_path, capsys):
     assert "outside its 128x96 px image" in capsys.readouterr().err
 
 
+def test_failed_eval_keeps_previous_report(package, tmp_path, capsys):
+    data, boxes_path = write_eval_set(tmp_path / "data", EVAL_BOXES)
+    out = tmp_path / "out"
+    arguments = ["eval", "--model", str(package), "--data", str(data), "--good", "ok", "--out", str(out)]
+    assert main([*arguments, "--boxes", str(boxes_path)]) == 0
+    overlays = sorted(path.name for path in (out / "overlays").iterdir())
+    metrics = (out / "metrics.json").read_bytes()
+
+    _, bad_boxes = write_eval_set(tmp_path / "bad", {"defect/a.png": [[200, 10, 210, 20]]})
+    assert main([*arguments, "--boxes", str(bad_boxes)]) == 2
+
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == overlays
+    assert (out / "metrics.json").read_bytes() == metrics
+    assert not (out / ".overlays.partial").exists()
+
+
 def test_eval_small_image_named(package, tmp_path, capsys):
     data, _ = write_eval_set(tmp_path / "data", {})
     cv2.imwrite(str(data / "defect" / "tiny.png"), np.zeros((16, 16, 3), np.uint8))

@@ -430,6 +430,11 @@ def test_prepare_test_without_defects(data_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_window_larger_than_images(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="use a smaller --window"):
+        prepare_gdxray(options_for(data_dir, tmp_path / "out", window_px=512, stride_px=64))
+
+
 def test_prepare_train_without_defects(data_dir, tmp_path):
     test_series = ("C0001", "C0003", "C0010", "C0011")
 

@@ -98,6 +98,18 @@ def test_missing_class_folder_is_named(tmp_path: Path) -> None:
         load_defect_windows(tmp_path / "absent")
 
 
+def test_parent_of_the_defect_dataset_is_named(tmp_path: Path) -> None:
+    _write_windows(tmp_path / "defects" / "train")
+    with pytest.raises(ValueError, match="pass --defects .*train"):
+        load_defect_windows(tmp_path / "defects")
+
+
+def test_defect_dataset_as_types_is_refused(tmp_path: Path) -> None:
+    root = _write_windows(tmp_path / "defects")
+    with pytest.raises(ValueError, match="folders of a defect dataset"):
+        load_type_images(root)
+
+
 def test_windows_of_two_sizes_are_refused(tmp_path: Path) -> None:
     root = _write_windows(tmp_path / "defects")
     cv2.imwrite(str(root / "ok" / "odd__x0000_y0000.png"), np.zeros((40, 32), dtype=np.uint8))
