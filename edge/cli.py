@@ -8,12 +8,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from edge.arguments import finite_float, fraction, integer_in, positive_float, seed
-from edge.config import AppConfig, ConfigError, load_config, validate_config
+from edge.config import AppConfig, ConfigError, RoiConfig, load_config, validate_config
 from edge.log import configure_logging
+
+if TYPE_CHECKING:
+    from edge.inference.package import ModelPackage
 
 log = structlog.get_logger(__name__)
 
@@ -287,6 +291,7 @@ def _check_config(args: argparse.Namespace) -> int:
     problems = []
     try:
         package = load_package(config.model.path)
+        problems += _window_problems(package, config.preprocess.roi)
     except PackageError as error:
         problems.append(f"model.path: {error}")
     if "CUDAExecutionProvider" in config.inference.providers and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -308,6 +313,22 @@ def _check_config(args: argparse.Namespace) -> int:
               f"PLC {line_io.plc.protocol if line_io.plc else 'none'}, "
               f"reject {reject.output + ' by ' + reject.timing if reject else 'none'}, trigger {line_io.trigger.mode}")
     return 0
+
+
+def _window_problems(package: ModelPackage, roi: RoiConfig | None) -> list[str]:
+    """Return a problem when the ROI is smaller than a windowed package's window, which would reject every part."""
+    from edge.preprocess.windows import WINDOWS_SECTION, parse_windows_section
+
+    try:
+        spec = parse_windows_section(package.description.get(WINDOWS_SECTION))
+    except ValueError:
+        # The daemon names an invalid section when it loads the model.
+        return []
+    if spec is None or roi is None or (roi.width >= spec.tile_width_px and roi.height >= spec.tile_height_px):
+        return []
+    return [f"preprocess.roi: {roi.width}x{roi.height} px is smaller than the model's {spec.tile_width_px}x"
+            f"{spec.tile_height_px} px window, so every part would be rejected; enlarge the ROI or use a model "
+            "with smaller windows"]
 
 
 def _line_io_problems(config: AppConfig) -> list[str]:

@@ -5,6 +5,7 @@ Run it as `edge-inspect watch --endpoint tcp://127.0.0.1:5556 --save maps --coun
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -150,6 +151,9 @@ def format_result(header: dict) -> str:
         f"total={total_text}",
         f"model={model.get('name', '-')}@{model.get('version', '-')}",
     ]
+    # A REJECT's detail gives the reason the part was not inspected (a frame smaller than the window, a timeout).
+    if header.get("detail"):
+        fields.append(f"detail={json.dumps(header['detail'])}")
     return " ".join(fields)
 
 

@@ -94,6 +94,21 @@ def test_check_config_reports_valid_and_invalid(brightness_package, tmp_path):
     assert "source.kind" in result.stderr
 
 
+def test_check_config_roi_below_window(tmp_path):
+    from tests.fixtures import make_attention_package
+
+    package = make_attention_package(tmp_path / "attention", window_px=32, stride_px=16)
+    config = tmp_path / "station.yaml"
+    config.write_text(
+        f"model:\n  path: {package}\nsource:\n  kind: synthetic\n"
+        "preprocess:\n  roi: {x: 0, y: 0, width: 20, height: 64}\n"
+    )
+    result = subprocess.run(edge_inspect("check-config", str(config)), cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "preprocess.roi: 20x64 px is smaller than the model's 32x32 px window" in result.stderr
+
+
 def test_run_from_config_file(brightness_package, tmp_path):
     endpoint = free_tcp_endpoint()
     config = tmp_path / "station.yaml"

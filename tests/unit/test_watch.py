@@ -13,7 +13,7 @@ import pytest
 
 from edge.parts import Verdict
 from edge.cli import main as cli_main
-from edge.watch import PartIdTracker, render_heat_map, watch
+from edge.watch import PartIdTracker, format_result, render_heat_map, watch
 from tests.unit.test_messages import make_part
 from tests.unit.test_publisher import make_publisher
 
@@ -212,3 +212,10 @@ def test_heat_map_float16_scales() -> None:
     np.testing.assert_array_equal(by_threshold, jet)
     assert by_range.shape == (1, 4, 3)
     np.testing.assert_array_equal(by_range[0, 2], cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_JET)[0, 0])
+
+
+def test_reject_line_shows_detail() -> None:
+    header = {"part_id": 3, "verdict": "REJECT", "reason": "preprocess_error", "detail": "frame 90x60 px is too small"}
+    line = format_result(header)
+    assert "REJECT reason=preprocess_error" in line
+    assert line.endswith('detail="frame 90x60 px is too small"')
