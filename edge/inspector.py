@@ -24,7 +24,6 @@ import onnxruntime as ort
 
 from edge.config import DecisionConfig, InferenceConfig
 from edge.decision.verdict import Decider
-from edge.inference.attention import AttentionModel
 from edge.inference.models import InspectionModel, ModelOutput, load_model, ring_section_of
 from edge.inference.package import ModelPackage, PackageError, Thresholds, load_package
 from edge.parts import Region, Verdict
@@ -173,7 +172,7 @@ class Inspector:
     def _window_preprocessor(self) -> WindowPreprocessor | None:
         if self.package.description.get(WINDOWS_SECTION) is None:
             return None
-        if not isinstance(self.model, AttentionModel):
+        if self.model.windows is None:
             raise PackageError(
                 f"{self.package.path}: a {self.package.kind} package cannot have a windows section; export it again "
                 "without windows, or as an attention model"

@@ -25,7 +25,7 @@ from edge.preprocess.tiling import TileSpec
 from edge.preprocess.transform import NORMALIZATIONS, PreprocessSpec, Preprocessor
 from export.attention_nets import NORMALIZATION, AttentionClassifier, AttentionGraph, build_attention_classifier
 from export.attention_training import VARIANTS, AttentionSettings, StageReport, train_defects, train_types
-from export.onnx_graph import OPSET, export_onnx
+from export.onnx_graph import OPSET, cpu_session, export_onnx
 from export.package_writer import file_list_sha256, write_package
 from export.radiograph_data import (
     Windows,
@@ -97,7 +97,7 @@ def export_attention(options: AttentionOptions) -> dict:
     stages.append(train_defects(classifier, train, validation, preprocessor, options.settings, rng))
 
     onnx_bytes = export_graph(classifier, window_px)
-    session = _session(onnx_bytes)
+    session = cpu_session(onnx_bytes)
     parity = check_parity(classifier, session, validation, preprocessor)
 
     validation_scores = window_scores(session, validation.images, preprocessor)
@@ -249,9 +249,3 @@ def _checked_stride(stride_px: int, window_px: tuple[int, int]) -> int:
 
 def _counts(windows: Windows) -> dict[str, int]:
     return {"ok": windows.count(0), "defect": windows.count(1)}
-
-
-def _session(onnx_bytes: bytes):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])

@@ -1,9 +1,10 @@
 """Object-level attention networks for radiographs: type module, defect module, and their activation maps.
 
 Every window is first standardised (its own mean and standard deviation), because exposure
-differs between series of radiographs. The Type Classification Module (TCM) is EfficientNet-Lite0 cut after its stride-16 stage,
-with the stride of block 5 removed, so a 128 px window gives a 16 x 16 feature map of 112
-channels (output stride 8: the defects are a few tens of pixels). It is first trained to tell
+differs between series of radiographs. The Type Classification Module (TCM) is EfficientNet-Lite0
+cut after its stride-16 stage, with the stride of block 5 removed. A 128 px window thus gives a
+16 x 16 feature map of 112 channels, at output stride 8 because the defects are a few tens of
+pixels. The TCM is first trained to tell
 the casting types apart, so its features describe the casting and ignore the background.
 Its type classifier is then dropped and its weights are frozen.
 
@@ -139,7 +140,7 @@ class DefectClassificationModule(nn.Module):
 
 
 def bilinear_pool(descriptors: Tensor) -> Tensor:
-    """Average outer product of the descriptors over positions, signed square root, L2 norm: [N, D*D]."""
+    """Return the average outer product of the descriptors over positions, signed-square-rooted and L2-normalised: [N, D*D]."""
     count, channels, height, width = descriptors.shape
     flat = descriptors.reshape(count, channels, height * width)
     gram = torch.bmm(flat, flat.transpose(1, 2)) / float(height * width)

@@ -46,3 +46,9 @@ def export_onnx(
         )
     return buffer.getvalue()
 
+
+def cpu_session(onnx_bytes: bytes):
+    """Open exported ONNX bytes in an ONNX Runtime CPU session, for parity checks and calibration."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])

@@ -138,8 +138,8 @@ def series_of(source: str) -> str:
 def split_by_series(windows: Windows, validation_fraction: float, seed: int) -> tuple[Windows, Windows]:
     """Split into (train, validation), holding out whole series for about `validation_fraction` of the windows.
 
-    Series are added to the validation side in a seeded order until it reaches the fraction;
-    a series that would leave either side without ok or defect windows is skipped. With fewer
+    Series are added to the validation side in a seeded order until it reaches the fraction.
+    A series is skipped when it would leave the training side without ok or defect windows. With fewer
     than MIN_SERIES_FOR_SERIES_SPLIT series, whole source images are held out instead. Raises
     ValueError when no split gives both classes to both sides.
     """

@@ -13,7 +13,7 @@ import torch
 from edge.evaluation.metrics import classification_rates
 from edge.preprocess.ring import RingSearch
 from edge.preprocess.transform import Preprocessor
-from export.onnx_graph import OPSET, export_onnx
+from export.onnx_graph import OPSET, cpu_session, export_onnx
 from export.package_writer import file_list_sha256, write_package
 from export.tile_data import DEFECT_LABEL, Part, TileLayout, load_parts, normalised_batch, tile_preprocessor
 from export.tile_nets import TileClassifier, TileClassifierGraph, build_tile_classifier
@@ -73,7 +73,7 @@ def export_tiles(options: TilesOptions) -> dict:
     report = train(model, split.train, split.validation, preprocessor, settings, options.seed)
 
     onnx_bytes = export_graph(model, options.tile_size)
-    session = _session(onnx_bytes)
+    session = cpu_session(onnx_bytes)
     parity = check_parity(model, session, split.test, preprocessor)
 
     validation_scores = part_scores(session, split.validation, preprocessor)
@@ -224,12 +224,6 @@ def part_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
 
 def _labels(parts: list[Part]) -> np.ndarray:
     return np.asarray([part.label for part in parts])
-
-
-def _session(onnx_bytes: bytes):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
 
 def _weights_label(options: TilesOptions) -> str:

@@ -1,8 +1,8 @@
 """Attention model: a defect classifier whose Bi-CAM map locates what it scores, run on frame windows.
 
-The graph takes `windows` [N, 3, H, W] and returns `defect_probability` [N] (the probability that
-a window contains a defect) and `bicam` [N, H, W] (the Bi-CAM map of the defect class at the input
-resolution, raw values that can be negative). A package with a `windows` section is run on
+The graph takes `windows` [N, 3, H, W] and returns two outputs. `defect_probability` [N] is the
+probability that a window contains a defect. `bicam` [N, H, W] is the Bi-CAM map of the defect
+class at the input resolution, in raw values that can be negative. A package with a `windows` section is run on
 overlapping windows of the cropped frame at native resolution (see edge.preprocess.windows).
 Without one, the whole cropped frame is resized to the input (N = 1).
 

@@ -13,6 +13,7 @@ from edge.config import InferenceConfig
 from edge.inference.package import ModelPackage, PackageError
 from edge.inference.session import create_session, warm_up
 from edge.preprocess.ring_input import ModelInput, RingSection
+from edge.preprocess.tiling import TileSpec
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class InspectionModel(ABC):
     kind: str = ""
     # Whether the kind scores the tiles of a `ring.tiles` section; other kinds reject such packages.
     accepts_tiles: bool = False
+    # The frame windows of a `windows` section, for kinds that score them; None covers the frame with one input.
+    windows: TileSpec | None = None
 
     @classmethod
     def needs_dynamic_batch(cls, package: ModelPackage) -> bool:

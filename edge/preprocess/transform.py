@@ -142,6 +142,17 @@ class Preprocessor:
         tensor = chw * self._scale - self._offset
         return np.ascontiguousarray(tensor[np.newaxis], dtype=np.float32)
 
+    def normalised(self, image: np.ndarray) -> np.ndarray:
+        """Return a BGR or grey uint8 image as normalised float32 HxWx3 at its own size, neither cropped nor resized.
+
+        Each value equals the one __call__ gives the same pixel when no resize is needed, so
+        windows cut from this array equal windows normalised one by one.
+        """
+        image = _as_bgr(image)
+        if self.spec.color_order == "RGB":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return image.astype(np.float32) * self._scale.reshape(3) - self._offset.reshape(3)
+
     def covered_area(self, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """Return (x, y, width, height) of the frame area given to the model: the ROI or the whole frame."""
         if self.roi is not None:

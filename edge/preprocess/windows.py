@@ -108,12 +108,14 @@ class WindowPreprocessor:
         check_windows_match_input(spec, preprocess)
         self.spec = spec
         self.crop = Preprocessor(preprocess, roi=roi).crop
-        # The windows are already cut from the cropped frame at the input size, so this one neither crops nor resizes.
         self.normaliser = Preprocessor(dataclasses.replace(preprocess, roi=None))
 
     def __call__(self, image: np.ndarray) -> ModelInput:
         cropped = self.crop(image)
         crop_shape = (int(cropped.shape[0]), int(cropped.shape[1]))
-        windows, origins = cut_windows(cropped, self.spec)
-        tensor = np.concatenate([self.normaliser(window) for window in windows], axis=0)
+
+        # Windows overlap and are never resized, so the cropped frame is normalised once and
+        # the windows are cut from the result.
+        windows, origins = cut_windows(self.normaliser.normalised(cropped), self.spec)
+        tensor = np.ascontiguousarray(windows.transpose(0, 3, 1, 2), dtype=np.float32)
         return ModelInput(tensor, crop_shape, tile_origins=origins)
